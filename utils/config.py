@@ -1,0 +1,454 @@
+"""YAML -> typed, validated configuration objects.
+
+A configuration file is read once, merged with command-line overrides
+(`--set Model.embed_dim=128`), checked against the dataclass schema below and
+handed down as a typed object. Unknown keys, wrong types and bad choices are
+errors that name the key and the file.
+
+File layout (release-style section names)::
+
+    KIND: fmri_autoencoder      # fmri_autoencoder | tokenizer | maskgit | lea
+    NAME: GOD_fMRI_AE
+    SEED: 666
+    Data:     {...}             # DataConfig
+    Model:    {...}             # the network's own dataclass config (models/*.py)
+    Train:    {...}             # TrainConfig
+    Loss:     {...}             # the stage's loss config
+    Features: {...}             # FeatureConfig (image-feature backend)
+    ...
+
+Paths in a file are kept as written; relative paths are resolved against the
+working directory by the code that opens them (never against code locations).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from utils.errors import ConfigError
+
+# ---------------------------------------------------------------------------
+# Section schemas shared by several stages
+# ---------------------------------------------------------------------------
+
+DATASETS = ("GOD", "BOLD5000")
+
+
+@dataclass
+class DataConfig:
+    """Which recordings to read and how to present them."""
+
+    dataset: Literal["GOD", "BOLD5000"] = "GOD"
+    path: str = "dataset/Kamitani/npz"          # GOD: folder of sbj_*.npz; BOLD5000: dataset root
+    subjects: list[str] = field(default_factory=lambda: ["sbj_1"])
+    image_size: int = 256                        # images are resized to this side length
+    flip: bool = True                            # random horizontal flips while training
+    roi_patch: Optional[list[int]] = None        # voxels per ROI group; None = take from the data
+    num_voxel: Optional[int] = None              # None = take from the data
+    fmri_drop_rate: float = 0.0                  # fraction of input voxels zeroed while training
+    include_test_repeats: bool = False           # also evaluate on non-averaged test trials
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and bookkeeping shared by every training stage."""
+
+    lr: float = 5e-5
+    min_lr: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    warmup_steps: int = 8000
+    max_steps: int = 100_000
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    batch_size: int = 8
+    grad_accum: int = 1
+    grad_clip: Optional[float] = 0.1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_interval: int = 50
+    sample_interval: int = 1000
+    save_interval: int = 5000
+    num_workers: int = 0
+    out_dir: str = "checkpoints"
+
+
+@dataclass
+class FeatureConfig:
+    """Image-feature backend: the condition of MaskGIT and the target of decoding."""
+
+    backend: Literal["open_clip", "handcrafted"] = "open_clip"
+    dim: int = 1024
+    normalize: bool = True                       # L2-normalise features (`clip_norm`)
+    model: str = "xlm-roberta-large-ViT-H-14"    # open_clip model name
+    pretrained: str = "frozen_laion5b_s13b_b90k"  # open_clip pretrained tag (provenance only)
+    weights: Optional[str] = None                # local weights file for open_clip
+    cache_dir: Optional[str] = "checkpoints/feature_cache"
+
+
+# ---------------------------------------------------------------------------
+# Stage-specific sections
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FMRILossConfig:
+    loss_all: bool = True              # reconstruction loss over all voxels (not only dropped ones)
+    cls_weight: float = 0.0            # weight of the latent-to-image-feature term
+    mask_ratio: float = 0.0            # >0: masked-brain-modelling pretraining on voxel patches
+    mask_patch: int = 16               # voxels per masked patch in that mode
+
+
+@dataclass
+class FMRIInitConfig:
+    mindvis_ckpt: Optional[str] = None  # MinD-Vis fmri_encoder.pth to start from
+    checkpoint: Optional[str] = None    # our own or a release checkpoint to start from
+
+
+@dataclass
+class TokenizerLossConfig:
+    rec_l1_weight: float = 1.0
+    rec_l2_weight: float = 0.0
+    perceptual_weight: float = 1.0     # used only when LPIPS weights are available locally
+    perceptual_weights: Optional[str] = None
+    codebook_weight: float = 1.0
+    commitment_beta: float = 0.25
+    gan_weight: float = 0.1
+    disc_start: int = 0                # step at which the discriminator loss starts
+    disc_channels: int = 64
+    disc_layers: int = 2
+    disc_lr: float = 1e-5
+
+
+@dataclass
+class TokenizerInitConfig:
+    checkpoint: Optional[str] = None   # our own, a release, or MaskGIT's published tokenizer
+
+
+@dataclass
+class MaskGITLossConfig:
+    label_smoothing: float = 0.1
+    min_mask_rate: float = 0.5
+    schedule: str = "cosine"
+
+
+@dataclass
+class MaskGITInitConfig:
+    checkpoint: Optional[str] = None
+    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"  # trained tokenizer the tokens come from
+    tokenizer_config: Optional[str] = None
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 11
+    schedule: str = "cosine"
+    choice_temperature: float = 4.5
+    num_samples: int = 5
+
+
+@dataclass
+class AlignConfig:
+    decode_alpha: float = 500.0
+    encode_alpha: float = 500.0
+    decode_intercept: bool = False
+    encode_intercept: bool = True
+    restandardize: bool = True         # paper default: uses test-set statistics
+    alphas: Optional[list[float]] = None  # alpha grid for cross-validation; None = fixed alphas
+    cv_folds: int = 5
+
+
+@dataclass
+class CheckpointPaths:
+    fmri: str = "checkpoints/fmri/{subject}/fmri_autoencoder.pt"
+    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"
+    maskgit: str = "checkpoints/maskgit/maskgit.pt"
+    align: str = "checkpoints/align/{subject}/align.pt"
+
+
+# ---------------------------------------------------------------------------
+# Top-level configurations, one per KIND
+# ---------------------------------------------------------------------------
+
+
+def _section(name: str, **kw):
+    """A dataclass field read from the YAML section `name`."""
+    return field(metadata={"yaml": name}, **kw)
+
+
+@dataclass
+class FMRIConfig:
+    kind: str = _section("KIND", default="fmri_autoencoder")
+    name: str = _section("NAME", default="fmri_autoencoder")
+    seed: int = _section("SEED", default=666)
+    data: DataConfig = _section("Data", default_factory=DataConfig)
+    model: Any = _section("Model", default=None)          # models.fmri_autoencoder.FMRIAutoencoderConfig
+    train: TrainConfig = _section("Train", default_factory=TrainConfig)
+    loss: FMRILossConfig = _section("Loss", default_factory=FMRILossConfig)
+    features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
+    init: FMRIInitConfig = _section("Init", default_factory=FMRIInitConfig)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = _section("KIND", default="tokenizer")
+    name: str = _section("NAME", default="tokenizer")
+    seed: int = _section("SEED", default=666)
+    data: DataConfig = _section("Data", default_factory=DataConfig)
+    model: Any = _section("Model", default=None)          # models.vqgan.VQGANConfig
+    train: TrainConfig = _section("Train", default_factory=TrainConfig)
+    loss: TokenizerLossConfig = _section("Loss", default_factory=TokenizerLossConfig)
+    init: TokenizerInitConfig = _section("Init", default_factory=TokenizerInitConfig)
+
+
+@dataclass
+class MaskGITStageConfig:
+    kind: str = _section("KIND", default="maskgit")
+    name: str = _section("NAME", default="maskgit")
+    seed: int = _section("SEED", default=666)
+    data: DataConfig = _section("Data", default_factory=DataConfig)
+    model: Any = _section("Model", default=None)          # models.maskgit.MaskGITConfig
+    train: TrainConfig = _section("Train", default_factory=TrainConfig)
+    loss: MaskGITLossConfig = _section("Loss", default_factory=MaskGITLossConfig)
+    features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
+    sampling: SamplingConfig = _section("Sampling", default_factory=SamplingConfig)
+    init: MaskGITInitConfig = _section("Init", default_factory=MaskGITInitConfig)
+
+
+@dataclass
+class LEAConfig:
+    """Inference: decoding and encoding per subject with trained weights."""
+
+    kind: str = _section("KIND", default="lea")
+    name: str = _section("NAME", default="LEA")
+    seed: int = _section("SEED", default=666)
+    data: DataConfig = _section("Data", default_factory=DataConfig)
+    features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
+    sampling: SamplingConfig = _section("Sampling", default_factory=SamplingConfig)
+    align: AlignConfig = _section("Align", default_factory=AlignConfig)
+    checkpoints: CheckpointPaths = _section("Checkpoints", default_factory=CheckpointPaths)
+    precision: Literal["auto", "fp32", "bf16"] = _section("PRECISION", default="auto")
+    batch_size: int = _section("BATCH_SIZE", default=16)
+    out_dir: str = _section("OUT_DIR", default="results")
+
+
+def _model_schemas() -> dict[str, type]:
+    """Model dataclasses per KIND (imported lazily: models import torch)."""
+    from models.fmri_autoencoder import FMRIAutoencoderConfig
+    from models.maskgit import MaskGITConfig
+    from models.vqgan import VQGANConfig
+
+    return {"fmri_autoencoder": FMRIAutoencoderConfig, "tokenizer": VQGANConfig,
+            "maskgit": MaskGITConfig}
+
+
+KINDS: dict[str, type] = {
+    "fmri_autoencoder": FMRIConfig,
+    "tokenizer": TokenizerConfig,
+    "maskgit": MaskGITStageConfig,
+    "lea": LEAConfig,
+}
+
+# Fields a model dataclass may leave to the data (filled in after loading the data).
+DATA_DERIVED_MODEL_FIELDS = ("roi_patch",)
+
+# ---------------------------------------------------------------------------
+# Building typed objects from plain dicts
+# ---------------------------------------------------------------------------
+
+
+def _yaml_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("yaml", f.name)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against type `tp` (as written in a dataclass) and convert it."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, found {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, found {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, found {len(value)}: {value!r}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping (section), found {value!r}")
+        return build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, values: dict, where: str = "<config>", *, allow_missing: tuple[str, ...] = ()) -> Any:
+    """Construct dataclass `cls` from `values`; unknown keys and bad types are errors.
+
+    `where` prefixes every message (the file and the key path so far).
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {_yaml_name(f): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
+    kwargs = {}
+    for yname, f in fields.items():
+        if yname in values:
+            kwargs[f.name] = _convert(values[yname], hints[f.name], f"{where}.{yname}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if f.name in allow_missing:
+                kwargs[f.name] = ()
+            else:
+                raise ConfigError(f"{where}: missing required key '{yname}'")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data (YAML/JSON-ready) view of a config object, with YAML key names."""
+    if dataclasses.is_dataclass(obj):
+        return {_yaml_name(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# Files and overrides
+# ---------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...], source: str = "--set") -> dict:
+    """Apply `Section.key=value` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE, e.g. Model.embed_dim=128")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source} {item!r}: value is not valid YAML ({e})") from e
+        node = values
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {item!r}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def config_from_dict(values: dict, source: str = "<config>", kind: str | None = None) -> Any:
+    """Validate a plain dict (already merged with overrides) into its KIND's config object."""
+    kind = kind or values.get("KIND")
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: KIND expected one of {sorted(KINDS)}, found {kind!r}")
+    values = dict(values)
+    values["KIND"] = kind
+    cls = KINDS[kind]
+    model_values = values.pop("Model", None)
+    cfg = build(cls, values, source)
+    if kind in ("fmri_autoencoder", "tokenizer", "maskgit"):
+        schema = _model_schemas()[kind]
+        cfg.model = build(schema, model_values or {}, f"{source}: Model",
+                          allow_missing=DATA_DERIVED_MODEL_FIELDS)
+    elif model_values is not None:
+        raise ConfigError(f"{source}: KIND '{kind}' has no Model section; found one")
+    _check(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), kind: str | None = None) -> Any:
+    """Read, override and validate a configuration file."""
+    values = apply_overrides(read_yaml(path), overrides)
+    return config_from_dict(values, str(path), kind)
+
+
+def _check(cfg: Any, source: str) -> None:
+    """Cross-field checks that types alone cannot express."""
+    data = getattr(cfg, "data", None)
+    if data is not None:
+        if not data.subjects:
+            raise ConfigError(f"{source}: Data.subjects must name at least one subject")
+        if not 0.0 <= data.fmri_drop_rate < 1.0:
+            raise ConfigError(f"{source}: Data.fmri_drop_rate expected in [0, 1), found {data.fmri_drop_rate}")
+        if data.image_size <= 0:
+            raise ConfigError(f"{source}: Data.image_size expected > 0, found {data.image_size}")
+    train = getattr(cfg, "train", None)
+    if train is not None:
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(train, name) < 1:
+                raise ConfigError(f"{source}: Train.{name} expected >= 1, found {getattr(train, name)}")
+        if train.lr <= 0:
+            raise ConfigError(f"{source}: Train.lr expected > 0, found {train.lr}")
+    loss = getattr(cfg, "loss", None)
+    if isinstance(loss, FMRILossConfig) and not 0.0 <= loss.mask_ratio < 1.0:
+        raise ConfigError(f"{source}: Loss.mask_ratio expected in [0, 1), found {loss.mask_ratio}")
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from utils.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
