@@ -50,14 +50,14 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_
 
 
 class FusedQKVAttention(nn.Module):
-    """Self-attention with one `qkv` projection (with bias) and an output `proj`."""
+    """Self-attention with one `qkv` projection (with bias) and an output `proj`; dropout `drop` after
+    `proj` (none on the attention weights, as in timm's Block with `proj_drop`)."""
 
     def __init__(self, dim: int, num_heads: int, drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.drop = drop
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(drop)
@@ -65,8 +65,7 @@ class FusedQKVAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, N, C] -> [B, N, C]."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, N, C]
-        dropout_p = self.drop if self.training else 0.0
-        out = multi_head_attention(q, k, v, self.num_heads, dropout_p)  # [B, N, C]
+        out = multi_head_attention(q, k, v, self.num_heads)  # [B, N, C]
         return self.proj_drop(self.proj(out))
 
 

@@ -97,7 +97,8 @@ def mask_schedule(name: str) -> Callable:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate query / key / value / proj projections (with biases)."""
+    """Multi-head self-attention with separate query / key / value / proj projections (with biases);
+    dropout `drop` on the attention weights while training."""
 
     def __init__(self, dim: int, num_heads: int, drop: float):
         super().__init__()
@@ -197,6 +198,7 @@ class MaskGITTransformer(nn.Module):
         (1 - (t+1)/T) * Gumbel noise (known tokens score +inf) and re-mask the
         n = floor(N * gamma((t+1)/T)) least confident, n clipped to [1, #masked - 1]. The last step's
         samples are returned. `generator` (on the condition's device) makes sampling reproducible.
+        The module's train / eval mode is left as it is: call `.eval()` first to disable dropout.
 
         Returns token ids [B, num_samples, N] (long, in [0, num_codebook)); with `return_history`,
         also the list of masked-token counts left after each step (the last one is 0).
