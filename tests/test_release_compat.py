@@ -153,3 +153,16 @@ def test_golden_vqgan(golden):
     _assert_close(quant, g["quantized"], "quantized")
     _assert_close(decoded, g["decoded"], "decoded")
     _assert_close(from_indices, g["decoded"], "decode_indices")
+
+
+def test_paper_configs_run_end_to_end_on_meta():
+    """Shapes through the full-size networks (meta tensors: no memory, no arithmetic)."""
+    (_, god), (_, bold), (_, maskgit), (_, vqgan) = _paper_models()
+    latent, reconstruction = god(torch.empty(2, 1, 4404, device=META))
+    assert latent.shape == (2, 1, 1024) and reconstruction.shape == (2, 1, 4404)
+    assert bold.decode(torch.empty(2, 1024, device=META)).shape == (2, 1, 1129)
+    ids = torch.zeros(2, 256, dtype=torch.long, device=META)
+    assert maskgit(ids, torch.empty(2, 1024, device=META)).shape == (2, 256, 1024)
+    quant, indices = vqgan.encode(torch.empty(2, 3, 256, 256, device=META))
+    assert quant.shape == (2, 256, 16, 16) and indices.shape == (2, 16, 16)
+    assert vqgan.decode_indices(indices).shape == (2, 3, 256, 256)
