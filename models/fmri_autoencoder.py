@@ -28,7 +28,7 @@ INIT_STD = 0.02  # std of the normal init of Conv1d weights and of cls / mask to
 
 @dataclass
 class FMRIAutoencoderConfig:
-    roi_patch: tuple[int, ...]  # voxels per ROI group, in voxel-vector order
+    roi_patch: tuple[int, ...] = ()  # voxels per ROI group, in voxel-vector order; () = not yet read from the data
     patch_size: int = 32  # Conv1d channels per ROI = tokens per ROI
     embed_dim: int = 1024
     encoder_depth: int = 24
@@ -42,9 +42,8 @@ class FMRIAutoencoderConfig:
 
     def __post_init__(self):
         self.roi_patch = tuple(int(n) for n in self.roi_patch)
-        if not self.roi_patch or min(self.roi_patch) < 1:
-            raise ConfigError(describe("roi_patch", "a non-empty list of positive voxel counts",
-                                       self.roi_patch))
+        if self.roi_patch and min(self.roi_patch) < 1:
+            raise ConfigError(describe("roi_patch", "positive voxel counts", self.roi_patch))
         for name, width, heads in (("embed_dim", self.embed_dim, self.num_heads),
                                    ("decoder_embed_dim", self.decoder_embed_dim, self.decoder_num_heads)):
             if width % heads or width % 2:
@@ -108,6 +107,9 @@ class FMRIAutoencoder(nn.Module):
     """LEA's fMRI autoencoder (E_f, D_f). See the module docstring for the data flow."""
 
     def __init__(self, config: FMRIAutoencoderConfig):
+        if not config.roi_patch:
+            raise ConfigError(describe("FMRIAutoencoderConfig.roi_patch", "the voxels per ROI group, "
+                                       "read from the data (datasets.load_subject(...).roi_patch)", "()"))
         super().__init__()
         self.config = config
         c = config

@@ -156,4 +156,6 @@ def test_bad_widths_are_config_errors():
     with pytest.raises(ConfigError, match="embed_dim"):
         tiny_config(embed_dim=30)
     with pytest.raises(ConfigError, match="roi_patch"):
-        tiny_config(roi_patch=())
+        tiny_config(roi_patch=(10, 0))
+    with pytest.raises(ConfigError, match="read from the data"):
+        FMRIAutoencoder(tiny_config(roi_patch=()))  # a config may wait for the data; a model may not
