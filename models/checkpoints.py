@@ -253,7 +253,8 @@ def load_mindvis_fmri_encoder(path: str | Path, model: nn.Module, positions: str
     Transformer blocks, norms, `cls_token`, `mask_token` and `decoder_embed`
     carry over by name and must match in shape; MinD-Vis's patch embedding and
     patch predictor are ignored; LEA's ROI embedding, projection and output
-    layers stay as the model initialised them.
+    layers stay as the model initialised them. Nothing is loaded unless every
+    carried key fits.
 
     Args:
         positions: 'recompute' keeps the model's own fixed sin-cos positions for its
@@ -269,8 +270,18 @@ def load_mindvis_fmri_encoder(path: str | Path, model: nn.Module, positions: str
     source = extract_state_dict(ckpt, path, wrappers=("model",))
     config = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     report = LoadReport(str(path), source_config=config.as_dict() if isinstance(config, MindVisConfig) else {})
+    merged = convert_mindvis_state(source, model.state_dict(), report, positions)
+    model.load_state_dict(merged, strict=True)
+    return report
 
-    target = model.state_dict()
+
+def convert_mindvis_state(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                          report: LoadReport, positions: str = "recompute") -> dict[str, torch.Tensor]:
+    """The model's state dict `target` with MinD-Vis's shared weights from `source` put in.
+
+    Fills `report` (taken / new / ignored) and raises CheckpointError listing
+    every carried key whose shape differs, that one side lacks, or that is unknown.
+    """
     merged = dict(target)
     problems = []
     for key, value in source.items():
@@ -312,10 +323,9 @@ def load_mindvis_fmri_encoder(path: str | Path, model: nn.Module, positions: str
         cfg = report.source_config
         cfg_note = (f" (checkpoint config: embed_dim {cfg.get('embed_dim')}, depth {cfg.get('depth')}, "
                     f"decoder_embed_dim {cfg.get('decoder_embed_dim')})") if cfg else ""
-        raise CheckpointError(f"{path}: MinD-Vis weights do not fit {type(model).__name__}{cfg_note}; "
+        raise CheckpointError(f"{report.source}: MinD-Vis weights do not fit the fMRI autoencoder{cfg_note}; "
                               f"{len(problems)} problems:{_listing(problems)}")
-    model.load_state_dict(merged, strict=True)
-    return report
+    return merged
 
 
 def _resize_positions(key: str, value: torch.Tensor, ref: torch.Tensor, problems: list[str]) -> Optional[torch.Tensor]:
