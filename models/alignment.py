@@ -177,7 +177,8 @@ class RidgeHead:
         """Mean validation MSE for every alpha of the grid; returns the best alpha."""
         totals = torch.zeros(len(self.alphas), dtype=torch.float64)
         for val_idx in kfold_indices(x.shape[0], self.cv):
-            train_mask = torch.ones(x.shape[0], dtype=torch.bool)
+            val_idx = val_idx.to(x.device)
+            train_mask = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             train_mask[val_idx] = False
             xc, yc, x_mean, y_mean = self._centre(x[train_mask], y[train_mask])
             for k, w in enumerate(ridge_weights(xc, yc, self.alphas, self.solver)):

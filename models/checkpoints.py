@@ -41,7 +41,7 @@ NPZ_SUFFIX = ".npz"
 MINDVIS_HINT = ("MinD-Vis publishes pretrains/GOD/fmri_encoder.pth and pretrains/BOLD5000/fmri_encoder.pth "
                 "with its pretrained models; download the file and pass its path")
 MASKGIT_HINT = ("download MaskGIT's tokenizer_imagenet256_checkpoint and convert it to .npz "
-               "(see models/checkpoints.py), or pass a PyTorch state dict in release names")
+                "(see models/checkpoints.py), or pass a PyTorch state dict in release names")
 RELEASE_HINT = "pass the path of a checkpoint saved by this project or by the LEA release"
 
 
