@@ -1,0 +1,199 @@
+"""Generic Object Decoding (Kamitani) as MinD-Vis packages it: `dataset/Kamitani/npz/`.
+
+Files read (see datasets/README.md for the full layout):
+    sbj_{1..5}.npz     ROI masks (bool [N]) first, in the file's key order, then
+                       arr_0 train fMRI [N_train, N], arr_1 test repeats [R, N],
+                       arr_2 repeat-averaged test fMRI [N_test, N], arr_3 int [N_train]
+    images_256.npz     train_images [N_train_img, H, W, 3], test_images [N_test, H, W, 3], uint8
+    imagenet_class_index.json, imagenet_training_label.csv, imagenet_testing_label.csv
+
+Voxel vector: walk the masks in file order, keep each mask's voxels not taken by
+an earlier mask, skip masks that add none, concatenate the kept groups.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from datasets.common import (NO_LABEL, SubjectData, check_array, check_finite, check_images,
+                             check_roi_patch, normalise, require_file, scalar_stats)
+from utils.errors import DataError, describe
+
+DATASET = "GOD"
+GOD_SUBJECTS = tuple(f"sbj_{i}" for i in range(1, 6))
+GOD_MASK_ORDER = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC")
+IMAGES_FILE = "images_256.npz"
+CLASS_INDEX_FILE = "imagenet_class_index.json"
+TRAIN_LABEL_FILE = "imagenet_training_label.csv"
+TEST_LABEL_FILE = "imagenet_testing_label.csv"
+TRAIN_KEY, REPEATS_KEY, TEST_KEY, INDEX_KEY = "arr_0", "arr_1", "arr_2", "arr_3"
+TRAIN_IMAGES_KEY, TEST_IMAGES_KEY = "train_images", "test_images"
+POSITIONAL_KEY = re.compile(r"arr_\d+")
+FLOAT_KINDS, INT_KINDS, MASK_KINDS = "f", "iu", "biu"
+
+
+def available_subjects(root: Path) -> list[str]:
+    """Subjects whose `<subject>.npz` lies in `root` (excluding the images file)."""
+    return sorted(p.stem for p in root.glob("*.npz") if p.name != IMAGES_FILE)
+
+
+def _subject_file(root: Path, subject: str) -> Path:
+    if not root.is_dir():
+        raise DataError(describe(root, "a folder holding sbj_*.npz and images_256.npz", "no such folder"))
+    path = root / f"{subject}.npz"
+    if not path.is_file():
+        raise DataError(describe(path, f"a subject file; subjects found in {root}: "
+                                       f"{available_subjects(root) or 'none'}", f"no subject {subject!r}"))
+    return path
+
+
+def _get(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    if key not in npz.files:
+        raise DataError(describe(f"{path} key '{key}'", f"a stored array (keys found: {npz.files})", "missing"))
+    return npz[key]
+
+
+def roi_groups(masks: dict[str, np.ndarray], path: Path, num_columns: int) -> list[tuple[str, np.ndarray]]:
+    """Greedy ROI groups: (name, column indices) for each mask that adds new voxels.
+
+    `masks` is ordered as in the file; each mask is a bool [num_columns] vector.
+    """
+    taken = np.zeros(num_columns, dtype=bool)
+    groups = []
+    for name, mask in masks.items():
+        where = f"{path} key '{name}'"
+        check_array(mask, where, ndim=1, kinds=MASK_KINDS, shape=(num_columns,))
+        if mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                raise DataError(describe(where, "a boolean ROI mask (or 0/1 integers)",
+                                         f"values {np.unique(mask)[:5].tolist()}"))
+            mask = mask.astype(bool)
+        new = mask & ~taken
+        if new.any():
+            groups.append((name, np.flatnonzero(new)))
+            taken |= new
+    if not groups:
+        raise DataError(describe(f"{path} ROI masks {list(masks)}", "at least one selected voxel",
+                                 "every mask empty"))
+    return groups
+
+
+def _read_masks(npz: np.lib.npyio.NpzFile, path: Path) -> dict[str, np.ndarray]:
+    names = [k for k in npz.files if not POSITIONAL_KEY.fullmatch(k)]
+    if not names:
+        raise DataError(describe(path, f"ROI mask keys (e.g. {list(GOD_MASK_ORDER)}) before arr_0..arr_3",
+                                 f"keys {npz.files}"))
+    return {name: npz[name] for name in names}
+
+
+def _class_lookup(path: Path) -> dict[int, int]:
+    """WordNet number (e.g. 1518878 for 'n01518878') -> class index, from the class-index JSON."""
+    try:
+        index = json.loads(require_file(path, "ImageNet class index").read_text())
+        lookup = {}
+        for key, value in index.items():
+            for wnid in value[:-1]:
+                lookup[int(str(wnid).lstrip("n"))] = int(key)
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(describe(path, '{"<class>": ["n<digits>", ..., "<name>"], ...}',
+                                 f"unreadable content ({err})")) from None
+    return lookup
+
+
+def read_labels(path: Path, lookup: dict[int, int], count: int) -> np.ndarray:
+    """Class index per image row; -1 (with a warning) when a WordNet id is not in the index."""
+    with open(require_file(path, "one row per image, first column '<wordnet>.<image>'"), newline="") as f:
+        rows = [row for row in csv.reader(f) if row]
+    if len(rows) != count:
+        raise DataError(describe(path, f"{count} rows (one per image in {IMAGES_FILE})", f"{len(rows)} rows"))
+    labels = np.empty(count, dtype=np.int64)
+    for i, row in enumerate(rows):
+        head = row[0].strip().split(".")[0]
+        if not head.isdigit():
+            raise DataError(describe(f"{path} row {i + 1}", "a stimulus id like '1518878.008432'",
+                                     repr(row[0])))
+        labels[i] = lookup.get(int(head), NO_LABEL)
+    unknown = int((labels == NO_LABEL).sum())
+    if unknown:
+        warnings.warn(f"{path}: {unknown} of {count} images have a WordNet id missing from "
+                      f"{CLASS_INDEX_FILE}; their label is {NO_LABEL}")
+    return labels
+
+
+def _load_images(root: Path, num_test: int) -> tuple[np.ndarray, np.ndarray]:
+    path = require_file(root / IMAGES_FILE, f"'{TRAIN_IMAGES_KEY}' and '{TEST_IMAGES_KEY}' uint8 arrays")
+    with np.load(path, allow_pickle=False) as npz:
+        train = check_images(_get(npz, path, TRAIN_IMAGES_KEY), f"{path} key '{TRAIN_IMAGES_KEY}'")
+        test = check_images(_get(npz, path, TEST_IMAGES_KEY), f"{path} key '{TEST_IMAGES_KEY}'", num_test)
+    return train, test
+
+
+def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None,
+             include_repeats: bool = True) -> SubjectData:
+    """Load one GOD subject from `root` (the folder holding sbj_*.npz, e.g. dataset/Kamitani/npz).
+
+    roi_patch: the configured group sizes; ConfigError if they differ from the data's.
+    include_repeats: also load the single test trials (`arr_1`).
+    """
+    root = Path(root)
+    path = _subject_file(root, subject)
+    with np.load(path, allow_pickle=False) as npz:
+        masks = _read_masks(npz, path)
+        train_raw = check_array(_get(npz, path, TRAIN_KEY), f"{path} key '{TRAIN_KEY}'", ndim=2, kinds=FLOAT_KINDS)
+        num_train, num_columns = train_raw.shape
+        test_raw = check_array(_get(npz, path, TEST_KEY), f"{path} key '{TEST_KEY}'", ndim=2,
+                               kinds=FLOAT_KINDS, shape=(None, num_columns))
+        index = check_array(_get(npz, path, INDEX_KEY), f"{path} key '{INDEX_KEY}'", ndim=1,
+                            kinds=INT_KINDS, shape=(num_train,)).astype(np.int64)
+        repeats_raw = None
+        if include_repeats:
+            repeats_raw = check_array(_get(npz, path, REPEATS_KEY), f"{path} key '{REPEATS_KEY}'",
+                                      ndim=2, kinds=FLOAT_KINDS, shape=(None, num_columns))
+    num_test = test_raw.shape[0]
+    groups = roi_groups(masks, path, num_columns)
+    columns = np.concatenate([cols for _, cols in groups])
+    names = [name for name, _ in groups]
+    patch = [len(cols) for _, cols in groups]
+    check_roi_patch(roi_patch, patch, config_file=config_file, subject=subject)
+
+    train = train_raw[:, columns]  # [N_train, V]
+    check_finite(train, f"{path} key '{TRAIN_KEY}' (ROI voxels)")
+    test = test_raw[:, columns]    # [N_test, V]
+    check_finite(test, f"{path} key '{TEST_KEY}' (ROI voxels)")
+    mean, std = scalar_stats(train, f"{path} key '{TRAIN_KEY}'")
+
+    repeats = repeat_index = None
+    if repeats_raw is not None:
+        if num_test == 0 or repeats_raw.shape[0] % num_test:
+            raise DataError(describe(f"{path} key '{REPEATS_KEY}'", f"a multiple of {num_test} rows "
+                                     f"(repeats of each '{TEST_KEY}' row, grouped by image)",
+                                     f"{repeats_raw.shape[0]} rows"))
+        repeats = repeats_raw[:, columns]  # [R, V]
+        check_finite(repeats, f"{path} key '{REPEATS_KEY}' (ROI voxels)")
+        repeats = normalise(repeats, mean, std)
+        repeat_index = np.repeat(np.arange(num_test, dtype=np.int64), repeats_raw.shape[0] // num_test)
+
+    train_images, test_images = _load_images(root, num_test)
+    if index.min(initial=0) < 0 or index.max(initial=0) >= len(train_images):
+        raise DataError(describe(f"{path} key '{INDEX_KEY}'", f"indices in [0, {len(train_images)}) "
+                                 f"(rows of {IMAGES_FILE} '{TRAIN_IMAGES_KEY}')",
+                                 f"range [{index.min()}, {index.max()}]"))
+    lookup = _class_lookup(root / CLASS_INDEX_FILE)
+    train_labels = read_labels(root / TRAIN_LABEL_FILE, lookup, len(train_images))
+    test_labels = read_labels(root / TEST_LABEL_FILE, lookup, len(test_images))
+
+    return SubjectData(
+        dataset=DATASET, subject=subject, roi_names=names, roi_patch=patch,
+        train_fmri=normalise(train, mean, std), train_image_index=index, train_images=train_images,
+        test_fmri=normalise(test, mean, std), test_images=test_images,
+        train_labels=train_labels, test_labels=test_labels,
+        test_fmri_repeats=repeats, test_repeat_index=repeat_index,
+        norm_mean=mean, norm_std=std,
+        source={"fmri": str(path), "images": str(root / IMAGES_FILE),
+                "class_index": str(root / CLASS_INDEX_FILE),
+                "train_labels": str(root / TRAIN_LABEL_FILE), "test_labels": str(root / TEST_LABEL_FILE)})
