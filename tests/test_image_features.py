@@ -199,3 +199,15 @@ def test_open_clip_wiring_with_fake_module(fake_open_clip, tmp_path):
     torch.save({"visual.conv.weight": torch.zeros(1)}, tmp_path / "bad.bin")
     with pytest.raises(CheckpointError, match=r"conv\.weight.*\[1\] vs model \[4, 3, 4, 4\]"):
         OpenClipFeatures(weights=str(tmp_path / "bad.bin"))
+
+
+def test_handcrafted_on_simulator_images():
+    """Categories of the project's simulator (shape, palette, stripes, layout, with jitter)."""
+    simulate = pytest.importorskip("datasets.simulate")
+    n_classes, per_class = 20, 5
+    rng = np.random.default_rng(0)
+    cats = simulate.make_categories(rng, n_classes)
+    images, _ = simulate.render_images(np.repeat(cats.attributes, per_class, axis=0), SIZE, rng, "test", False)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    feats = HandcraftedFeatures()(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    assert loo_1nn_accuracy(feats, labels) > 5.0 / n_classes

@@ -1,0 +1,240 @@
+"""The LEA pipeline over trained networks: decoding (fMRI -> images) and encoding (image -> fMRI).
+
+    decoding:  fMRI [T, V] -> E_f -> z_f [T, Df] -> W_d -> z_i [T, Di] -> MaskGIT -> tokens -> VQGAN -> images
+    encoding:  images -> image features z_i [T, Di] -> W_e -> z_f [T, Df] -> D_f -> fMRI [T, V]
+
+The fMRI encoder runs once per trial; the whole test set is aligned in one call
+(re-standardisation takes its statistics over the test set); generation runs one
+batched `generate` call per chunk of trials x samples. Ground-truth images are
+never tokenised.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.alignment import AlignmentHeads
+from models.checkpoints import load_state_dict_strict, safe_torch_load
+from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
+from models.maskgit import MaskGITConfig, MaskGITTransformer
+from models.vqgan import VQGAN, VQGANConfig
+from utils.config import AlignConfig, SamplingConfig, build
+from utils.errors import CheckpointError, ConfigError, DataError, describe
+
+UINT8_MAX = 255
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+# images uint8 [N, H, W, 3] -> features [N, Di] (float32, CPU)
+FeatureFn = Callable[[np.ndarray], torch.Tensor]
+
+
+# checkpoint kind (as train.py writes it) -> (network, its config dataclass)
+NETWORKS = {"fmri_autoencoder": (FMRIAutoencoder, FMRIAutoencoderConfig),
+            "tokenizer": (VQGAN, VQGANConfig),
+            "maskgit": (MaskGITTransformer, MaskGITConfig)}
+MODEL_FILE_KEYS = ("model", "kind", "model_config")
+
+
+def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
+    """Build and strictly load a network from a final model file of `train.py`.
+
+    The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
+    read with `torch.load(weights_only=True)`.
+    """
+    payload = safe_torch_load(path)
+    if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
+        found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(describe(path, f"a model file written by train.py (keys {list(MODEL_FILE_KEYS)})",
+                                       found))
+    if payload["kind"] != kind:
+        raise CheckpointError(describe(f"{path} key 'kind'", repr(kind), repr(payload["kind"])))
+    network, config_cls = NETWORKS[kind]
+    try:
+        config = build(config_cls, dict(payload["model_config"]), f"{path} key 'model_config'")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+    model = network(config)
+    load_state_dict_strict(model, payload["model"], path)
+    return model.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cpu' / 'cuda' as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError(describe("--device", "'cpu' or 'auto' (no CUDA device is visible)", "'cuda'"))
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' on CUDA, 'fp32' on CPU; explicit values pass through.
+
+    The CPU stays at fp32 under 'auto' even where bf16 matmuls are fast: this is
+    the one place to change that choice.
+    """
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """Autocast context for a resolved precision ('fp32' -> no autocast)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_fmri_fits(model: FMRIAutoencoder, roi_patch: list[int], checkpoint: str, subject: str) -> None:
+    """CheckpointError unless the fMRI autoencoder's ROI groups are the subject's."""
+    trained = list(model.config.roi_patch)
+    if trained != list(roi_patch):
+        raise CheckpointError(
+            f"{checkpoint}: fMRI autoencoder was trained for {sum(trained)} voxels (ROI groups {trained}), "
+            f"but subject {subject} has {sum(roi_patch)} voxels (ROI groups {list(roi_patch)}); "
+            f"use the checkpoint trained on {subject}")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [B, 3, H, W] in [0, 1] (clipped) -> uint8 [B, H, W, 3]."""
+    pixels = images.float().clamp(0, 1).mul(UINT8_MAX).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()  # [B, H, W, 3]
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+@dataclass
+class DecodeResult:
+    images: np.ndarray            # uint8 [T, S, H, W, 3]
+    fmri_latents: torch.Tensor    # [T, Df] E_f of each trial
+    features: torch.Tensor        # [T, Di] predicted image features (the MaskGIT condition)
+
+
+@dataclass
+class EncodeResult:
+    fmri: np.ndarray              # float32 [T, V], in the normalised units of the training fMRI
+    features: torch.Tensor        # [T, Di] image features of the stimuli
+    fmri_latents: torch.Tensor    # [T, Df] predicted latents
+
+
+class LEA:
+    """Decoding and encoding with trained networks and alignment heads.
+
+    Args:
+        fmri_ae: the subject's fMRI autoencoder (E_f, D_f).
+        maskgit: conditional token transformer; its condition size is the feature size.
+        tokenizer: VQGAN whose decoder turns token ids into images.
+        image_features: images uint8 [N, H, W, 3] -> features [N, Di].
+        heads: alignment heads (fitted or loaded); None until `fit_alignment`.
+        device, precision: where and how the networks run ('fp32' | 'bf16').
+        batch_size: rows per network call (trials x samples for generation).
+        progress: show tqdm bars.
+    """
+
+    def __init__(self, fmri_ae: FMRIAutoencoder, maskgit: MaskGITTransformer, tokenizer: VQGAN,
+                 image_features: FeatureFn, heads: AlignmentHeads | None = None,
+                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                 batch_size: int = 16, progress: bool = True):
+        if precision not in PRECISIONS:
+            raise DataError(describe("precision", f"one of {sorted(PRECISIONS)}", repr(precision)))
+        self.fmri_ae = fmri_ae.to(device).eval()
+        self.maskgit = maskgit.to(device).eval()
+        self.tokenizer = tokenizer.to(device).eval()
+        self.image_features = image_features
+        self.heads = heads
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The networks must agree on feature size and token grid."""
+        cond = self.maskgit.config.condition_dim
+        codebook = self.tokenizer.config.num_codebook
+        if self.maskgit.config.num_codebook != codebook:
+            raise CheckpointError(describe("MaskGIT checkpoint", f"a codebook of {codebook} entries "
+                                           "(the tokenizer's)", self.maskgit.config.num_codebook))
+        if self.maskgit.config.token_grid != self.tokenizer.config.token_grid:
+            raise CheckpointError(describe("MaskGIT checkpoint", f"a {self.tokenizer.config.token_grid}^2 "
+                                           "token grid (the tokenizer's)", f"{self.maskgit.config.token_grid}^2"))
+        if self.heads is not None and self.heads.decoder.out_dim != cond:
+            raise CheckpointError(describe("alignment heads", f"image features of size {cond} "
+                                           "(the MaskGIT condition)", self.heads.decoder.out_dim))
+
+    def _bar(self, iterable, desc: str, total: int):
+        return tqdm(iterable, desc=desc, total=total, disable=not self.progress, leave=False)
+
+    @torch.no_grad()
+    def fmri_latents(self, fmri: np.ndarray) -> torch.Tensor:
+        """fMRI [N, V] (normalised) -> latents z_f [N, Df] (float32, CPU); one encoder pass per row."""
+        x = torch.as_tensor(np.asarray(fmri, dtype=np.float32))
+        out = []
+        steps = list(_chunks(len(x), self.batch_size))
+        for sl in self._bar(steps, "fMRI encoder", len(steps)):
+            with autocast(self.precision, self.device):
+                z = self.fmri_ae.encode(x[sl].to(self.device))  # [B, 1, Df]
+            out.append(z[:, 0].float().cpu())  # [B, Df]
+        return torch.cat(out)  # [N, Df]
+
+    def fit_alignment(self, train_fmri: np.ndarray, train_images: np.ndarray,
+                      train_image_index: np.ndarray, align: AlignConfig) -> AlignmentHeads:
+        """Fit W_d and W_e on the training set: E_f of every trial paired with its image's features."""
+        latents = self.fmri_latents(train_fmri)  # [N, Df]
+        features = self.image_features(train_images)  # [M, Di]
+        paired = features[torch.as_tensor(train_image_index, dtype=torch.long)]  # [N, Di]
+        self.heads = AlignmentHeads.from_config(align).fit(latents.double(), paired.double())
+        self._check_sizes()
+        return self.heads
+
+    def _require_heads(self) -> AlignmentHeads:
+        if self.heads is None:
+            raise CheckpointError("alignment heads are neither loaded nor fitted; call fit_alignment first")
+        return self.heads
+
+    @torch.no_grad()
+    def decode(self, fmri: np.ndarray, sampling: SamplingConfig,
+               generator: torch.Generator | None = None) -> DecodeResult:
+        """Test fMRI [T, V] -> `sampling.num_samples` images per trial, uint8 [T, S, H, W, 3]."""
+        heads = self._require_heads()
+        latents = self.fmri_latents(fmri)  # [T, Df]
+        features = heads.decode(latents.double()).float()  # [T, Di], whole test set at once
+        samples = sampling.num_samples
+        trials_per_call = max(1, self.batch_size // samples)
+        steps = list(_chunks(len(features), trials_per_call))
+        images = []
+        for sl in self._bar(steps, "decoding", len(steps)):
+            cond = features[sl].to(self.device)  # [b, Di]
+            with autocast(self.precision, self.device):
+                tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
+                                               schedule=sampling.schedule,
+                                               choice_temperature=sampling.choice_temperature,
+                                               generator=generator)  # [b, S, N]
+                pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S, 3, H, W]
+            batch = to_uint8(pixels)  # [b*S, H, W, 3]
+            images.append(batch.reshape(len(cond), samples, *batch.shape[1:]))  # [b, S, H, W, 3]
+        return DecodeResult(images=np.concatenate(images), fmri_latents=latents, features=features)
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> EncodeResult:
+        """Stimuli uint8 [T, H, W, 3] -> predicted fMRI [T, V] (normalised units)."""
+        heads = self._require_heads()
+        features = self.image_features(images)  # [T, Di]
+        latents = heads.encode(features.double()).float()  # [T, Df], whole test set at once
+        out = []
+        steps = list(_chunks(len(latents), self.batch_size))
+        for sl in self._bar(steps, "fMRI decoder", len(steps)):
+            with autocast(self.precision, self.device):
+                x = self.fmri_ae.decode(latents[sl].to(self.device))  # [B, 1, V]
+            out.append(x[:, 0].float().cpu())  # [B, V]
+        return EncodeResult(fmri=torch.cat(out).numpy(), features=features, fmri_latents=latents)

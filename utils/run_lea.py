@@ -1,0 +1,433 @@
+"""Command line and per-subject engine shared by LEA_GOD.py and LEA_BOLD.py.
+
+For every subject: load the test fMRI and stimuli, load the trained networks,
+load (or fit) the alignment heads, decode every test trial into
+`num_samples` images, encode every test image into predicted fMRI, score both
+directions and write a new time-stamped results folder::
+
+    <out>/<NAME>_<YYYYmmdd-HHMMSS>/
+        config.yaml  metrics.json  metrics.csv  index.html
+        <subject>/
+            sample_image.png  sample_fmri.png  images/<trial>_gt.png, <trial>_s<k>.png
+            decoded_images.npy [T, S, H, W, 3] uint8   predicted_fmri.npy [T, V] float32
+            metrics.json  metrics.csv  index.html  [align.pt when the heads were fitted here]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets import load_subject
+from datasets.bold5000 import BOLD_SUBJECTS
+from datasets.common import SubjectData
+from datasets.god import GOD_SUBJECTS
+from models.alignment import AlignmentHeads
+from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features
+from models.lea import (LEA, check_fmri_fits, load_trained_network, resolve_device,
+                        resolve_precision)
+from utils import metrics as M
+from utils.classifier import classifier_or_reason
+from utils.config import LEAConfig, load_config, save_config
+from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
+from utils.io import atomic_save_npy, file_sha256, new_run_dir
+from utils.report import SubjectReport, write_run_report, write_subject_report
+from utils.visualisation import fmri_scatter, sample_grid, save_image_files, save_png
+
+DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
+GRID_MAX_ROWS = 20            # trials shown in sample_image.png
+FEATURE_CACHE_KEY = "stimuli"
+
+
+@dataclass(frozen=True)
+class ScriptSpec:
+    """What differs between LEA_GOD.py and LEA_BOLD.py."""
+
+    script: str
+    dataset: str
+    subjects: tuple[str, ...]
+    config: str
+    demo_config: str
+    fmri_train_config: str
+
+
+SCRIPTS = {
+    "GOD": ScriptSpec("LEA_GOD.py", "GOD", GOD_SUBJECTS, "configs/LEA_GOD.yaml", "configs/demo/LEA_GOD.yaml",
+                      "configs/fMRI_TransAE_GOD.yaml"),
+    "BOLD5000": ScriptSpec("LEA_BOLD.py", "BOLD5000", BOLD_SUBJECTS, "configs/LEA_BOLD.yaml",
+                           "configs/demo/LEA_BOLD.yaml", "configs/fMRI_TransAE_BOLD.yaml"),
+}
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=spec.script,
+        description=f"LEA on {spec.dataset}: decode test fMRI into images and encode test images into fMRI, "
+                    "per subject, into a new time-stamped results folder.")
+    p.add_argument("--subject", default=None,
+                   help=f"one subject ({', '.join(spec.subjects)}) or 'all' "
+                        "(default: the config's Data.subjects)")
+    p.add_argument("--config", default=None, help=f"LEA config (default {spec.config}; {spec.demo_config} with --demo)")
+    p.add_argument("--fmri-ckpt", help="fMRI autoencoder checkpoint ('{subject}' is replaced); overrides Checkpoints.fmri")
+    p.add_argument("--tokenizer-ckpt", help="VQGAN tokenizer checkpoint; overrides Checkpoints.tokenizer")
+    p.add_argument("--maskgit-ckpt", help="MaskGIT transformer checkpoint; overrides Checkpoints.maskgit")
+    p.add_argument("--align", help="alignment heads file ('{subject}' is replaced); fitted on the training "
+                                   "set and saved with the results when missing. Overrides Checkpoints.align")
+    p.add_argument("--num-samples", type=int, help="images decoded per test trial (Sampling.num_samples)")
+    p.add_argument("--steps", type=int, help="MaskGIT decoding steps (Sampling.steps)")
+    p.add_argument("--batch-size", type=int, help="rows per network call; generation counts trials x samples")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--seed", type=int, help="seed of the sampling generator (SEED)")
+    p.add_argument("--out", help="results root; each run makes a new sub-folder (OUT_DIR)")
+    p.add_argument("--classifier-weights", default=None,
+                   help="torchvision ViT-H/14 ImageNet weights (vit_h_14_swag-80465313.pth) for the n-way "
+                        "semantic accuracy; skipped without it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set Align.restandardize=false (repeatable)")
+    p.add_argument("--demo", action="store_true",
+                   help="use the demo config: simulate data and train the small demo weights when missing")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfig, str]:
+    """Load the config with --set overrides, then apply the dedicated options."""
+    path = args.config or (spec.demo_config if args.demo else spec.config)
+    cfg = load_config(path, args.overrides, kind="lea")
+    if cfg.data.dataset != spec.dataset:
+        raise ConfigError(describe(f"{path}: Data.dataset", f"'{spec.dataset}' for {spec.script}",
+                                   repr(cfg.data.dataset)))
+    for option, (section, name) in {"fmri_ckpt": ("checkpoints", "fmri"), "tokenizer_ckpt": ("checkpoints", "tokenizer"),
+                                    "maskgit_ckpt": ("checkpoints", "maskgit"), "align": ("checkpoints", "align"),
+                                    "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps")}.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(getattr(cfg, section), name, value)
+    for option, name in {"batch_size": "batch_size", "precision": "precision", "seed": "seed",
+                         "out": "out_dir"}.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(cfg, name, value)
+    for where, value in (("Sampling.num_samples (--num-samples)", cfg.sampling.num_samples),
+                         ("Sampling.steps (--steps)", cfg.sampling.steps),
+                         ("BATCH_SIZE (--batch-size)", cfg.batch_size)):
+        if value < 1:
+            raise ConfigError(describe(where, "an integer >= 1", value))
+    if args.subject is not None and args.subject != "all":
+        cfg.data.subjects = [args.subject]
+    return cfg, path
+
+
+# ---------------------------------------------------------------------------
+# Files a run needs
+# ---------------------------------------------------------------------------
+
+def train_command(kind: str, spec: ScriptSpec, subject: str, demo: bool) -> str:
+    """The command that trains a missing network."""
+    if demo:
+        stage_config = {"fmri": f"configs/demo/fmri_{'GOD' if spec.dataset == 'GOD' else 'BOLD'}.yaml",
+                        "tokenizer": "configs/demo/tokenizer.yaml", "maskgit": "configs/demo/maskgit.yaml"}[kind]
+    else:
+        stage_config = {"fmri": spec.fmri_train_config, "tokenizer": "configs/MaskGIT_AE.yaml",
+                        "maskgit": "configs/MaskGIT_Transformer.yaml"}[kind]
+    subject_opt = f" --set 'Data.subjects=[{subject}]'" if kind == "fmri" else ""
+    return f"python train.py {kind} --config {stage_config}{subject_opt}"
+
+
+CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
+                   "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
+                   "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
+FINAL_FILES = {"fmri": "fmri_autoencoder.pt", "tokenizer": "tokenizer.pt", "maskgit": "maskgit.pt"}
+
+
+def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
+    c = cfg.checkpoints
+    return {"fmri": Path(c.fmri.format(subject=subject)), "tokenizer": Path(c.tokenizer),
+            "maskgit": Path(c.maskgit), "align": Path(c.align.format(subject=subject))}
+
+
+def missing_checkpoint_message(kind: str, path: Path, spec: ScriptSpec, subject: str, demo: bool) -> str:
+    what, option = CHECKPOINT_WHAT[kind]
+    lines = [f"{path}: {what} checkpoint{' for ' + subject if kind == 'fmri' else ''} not found.",
+             f"  Train it:  {train_command(kind, spec, subject, demo)}",
+             f"  then copy the run's final {FINAL_FILES[kind]} (checkpoints/<run>/{FINAL_FILES[kind]}) to {path},",
+             f"  or pass its path with {option}."]
+    if kind == "tokenizer":
+        lines.append("  MaskGIT's published ImageNet-256 tokenizer also works once converted: see pretrains/README.md.")
+    if demo:
+        lines.append(f"  `python {spec.script} --demo` trains every missing demo weight itself.")
+    return "\n".join(lines)
+
+
+def preflight(cfg: LEAConfig, spec: ScriptSpec, demo: bool) -> None:
+    """Fail before any work when the data folder, a subject or a checkpoint file is missing."""
+    if not Path(cfg.data.path).exists():
+        raise DataError(f"{cfg.data.path}: {spec.dataset} data folder not found (Data.path). "
+                        "Put the data there as described in dataset/README.md"
+                        + (f", or run `python {spec.script} --demo`, which simulates it"
+                           if demo else ""))
+    for subject in cfg.data.subjects:
+        if subject not in spec.subjects:
+            raise ConfigError(describe("--subject / Data.subjects", f"one of {list(spec.subjects)} or 'all'",
+                                       repr(subject)))
+        for kind, path in checkpoint_paths(cfg, subject).items():
+            if kind != "align" and not path.is_file():
+                raise CheckpointError(missing_checkpoint_message(kind, path, spec, subject, demo))
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
+    if images.shape[1:3] == tuple(size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+                     for im in images])
+
+
+def n_way_for(count: int) -> int | None:
+    """n of the n-way accuracies: the paper's 50, at most the number of items; None below 3 items."""
+    return min(DEFAULT_N_WAY, count) if count >= 3 else None
+
+
+def decoding_metrics(gt: np.ndarray, decoded: np.ndarray, gt_features: torch.Tensor,
+                     decoded_features: torch.Tensor, backend: str, classifier, classifier_reason) -> list[M.Metric]:
+    """Image-side metrics; `gt` [T, H, W, 3] at the decoded resolution, `decoded` [T, S, H, W, 3]."""
+    out = [M.classifier_n_way(gt, decoded, classifier, skip_reason=classifier_reason)]
+    out += [M.pairwise_identification(gt, decoded, score) for score in ("mse", "pcc", "ssim")]
+    out += [M.lpips_identification(gt, decoded), M.fid(gt, decoded)]
+    out.append(M.feature_identification(gt_features, decoded_features, "pcc", name=f"{backend}_pairwise_pcc"))
+    n = n_way_for(len(gt))
+    if n is not None:
+        out.append(M.feature_n_way_top1(gt_features, decoded_features, n, "pcc",
+                                        name=f"{backend}_{n}way_top1_pcc"))
+    return out
+
+
+def ground_truth_file(data_path: str, dataset: str, subject: str) -> Path | None:
+    """The simulator's noise-free responses for a subject, found above the data folder; None for real data."""
+    for parent in [Path(data_path), *Path(data_path).parents][:4]:
+        candidate = parent / "ground_truth" / dataset / f"{subject}.npz"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_noise_free(path: Path, data: SubjectData) -> np.ndarray:
+    """The simulator's noise-free test responses [T, V], in the loader's voxel order (raw units)."""
+    with np.load(path, allow_pickle=False) as truth:
+        if "test_clean" in truth.files:                       # GOD: file columns -> loader columns
+            clean = truth["test_clean"][:, truth["loader_columns"]]
+        elif "image_clean" in truth.files:                    # BOLD5000: rows by image name
+            row_of = {str(n): i for i, n in enumerate(truth["image_names"])}
+            names = data.source.get("test_image_names", [])
+            if any(n not in row_of for n in names):
+                raise DataError(describe(path, "noise-free responses of every test image", "images missing"))
+            clean = truth["image_clean"][[row_of[n] for n in names]]
+        else:
+            raise DataError(describe(path, "key 'test_clean' (GOD) or 'image_clean' (BOLD5000)",
+                                     f"keys {truth.files}"))
+    if clean.shape != data.test_fmri.shape:
+        raise DataError(describe(path, f"noise-free test responses of shape {list(data.test_fmri.shape)}",
+                                 list(clean.shape)))
+    return clean
+
+
+def encoding_metrics(data: SubjectData, predicted: np.ndarray, truth_path: Path | None) -> list[M.Metric]:
+    measured, roi_patch, roi_names = data.test_fmri, data.roi_patch, data.roi_names
+    out = M.encoding_pearson(measured, predicted, roi_patch, roi_names)
+    out += M.encoding_mse(measured, predicted, roi_patch, roi_names)
+    out += M.fmri_identification(measured, predicted, n_way=n_way_for(len(measured)))
+    r = M.voxelwise_pearson(measured, predicted)
+    if truth_path is None:
+        reason = "needs the simulator's noise-free responses (ground_truth/); not available for recorded data"
+        out += [M.skipped(name, reason) for name in ("noise_ceiling_mean_r", "fraction_of_noise_ceiling",
+                                                     "median_voxel_fraction_of_ceiling")]
+    else:
+        out += M.noise_ceiling_fraction(r, read_noise_free(truth_path, data), measured=measured)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# One subject
+# ---------------------------------------------------------------------------
+
+def feature_function(extractor: ImageFeatureExtractor, cache_dir: str | None, progress: bool):
+    """uint8 images [N, H, W, 3] -> features [N, D], cached on disk when `cache_dir` is set."""
+    def features(images: np.ndarray) -> torch.Tensor:
+        if cache_dir:
+            return cached_features(extractor, images, cache_dir, FEATURE_CACHE_KEY, progress=progress)
+        return features_in_memory(extractor, images)
+    return features
+
+
+def features_in_memory(extractor: ImageFeatureExtractor, images: np.ndarray,
+                              batch_size: int = 32) -> torch.Tensor:
+    """Features of uint8 images [N, H, W, 3] without touching the disk: [N, D]."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # [b, 3, H, W]
+        chunks.append(extractor(batch.float() / 255.0).float().cpu())
+    return torch.cat(chunks)
+
+
+def checkpoint_record(path: Path) -> dict[str, str]:
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
+def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
+                device: torch.device, precision: str, classifier, classifier_reason, progress: bool,
+                log) -> SubjectReport:
+    data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
+                        config_file=config_path)
+    paths = checkpoint_paths(cfg, subject)
+    fmri_ae = load_trained_network("fmri_autoencoder", paths["fmri"])
+    check_fmri_fits(fmri_ae, data.roi_patch, str(paths["fmri"]), subject)
+    tokenizer = load_trained_network("tokenizer", paths["tokenizer"])
+    maskgit = load_trained_network("maskgit", paths["maskgit"])
+    features = feature_function(extractor, cfg.features.cache_dir, progress)
+    lea = LEA(fmri_ae, maskgit, tokenizer, features, device=device, precision=precision,
+              batch_size=cfg.batch_size, progress=progress)
+
+    folder = run_dir / subject
+    folder.mkdir()
+    records = {k: checkpoint_record(p) for k, p in paths.items() if k != "align"}
+    if paths["align"].is_file():
+        heads = AlignmentHeads.load(paths["align"])
+        if heads.restandardize != cfg.align.restandardize:
+            log(f"{subject}: {paths['align']} was saved with restandardize={heads.restandardize}; "
+                f"using the config's Align.restandardize={cfg.align.restandardize}")
+        heads.restandardize = cfg.align.restandardize
+        lea.heads = heads
+        lea._check_sizes()
+        records["align"] = checkpoint_record(paths["align"])
+        align_source = str(paths["align"])
+    else:
+        log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
+            f"{len(data.train_fmri)} training trials (ridge, decode alpha {cfg.align.decode_alpha}, "
+            f"encode alpha {cfg.align.encode_alpha})")
+        lea.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
+        saved = lea.heads.save(folder / "align.pt")
+        records["align"] = checkpoint_record(saved)
+        align_source = f"fitted on the training set, saved to {subject}/align.pt"
+
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    log(f"{subject}: decoding {len(data.test_fmri)} test trials x {cfg.sampling.num_samples} samples")
+    decoded = lea.decode(data.test_fmri, cfg.sampling, generator=generator)
+    log(f"{subject}: encoding {len(data.test_images)} test images")
+    encoded = lea.encode(data.test_images)
+
+    images = decoded.images                                     # [T, S, H, W, 3]
+    gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
+    atomic_save_npy(folder / "decoded_images.npy", images)
+    atomic_save_npy(folder / "predicted_fmri.npy", encoded.fmri.astype(np.float32))
+    save_png(folder / "sample_image.png", sample_grid(gt, images, max_rows=GRID_MAX_ROWS))
+    save_png(folder / "sample_fmri.png", fmri_scatter(data.test_fmri, encoded.fmri, data.roi_names, data.roi_patch))
+    save_image_files(folder / "images", gt, images)
+
+    log(f"{subject}: scoring")
+    decoded_feats = features_in_memory(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
+    decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
+    truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
+    metrics = {
+        "decoding": decoding_metrics(gt, images, features(gt), decoded_feats, extractor.name,
+                                     classifier, classifier_reason),
+        "encoding": encoding_metrics(data, encoded.fmri, truth),
+    }
+    settings = {
+        "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
+        "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
+        "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
+        "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "seed": cfg.seed, "device": str(device), "precision": precision,
+        "feature_backend": extractor.describe(),
+        "alignment": {**lea.heads.describe(), "source": align_source},
+        "restandardize": cfg.align.restandardize,
+        "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
+                               if cfg.align.restandardize else "off: no test-set statistics are used"),
+        "predicted_fmri_units": ("normalised with the training fMRI's scalar mean/std "
+                                 f"(mean {data.norm_mean:.6g}, std {data.norm_std:.6g}); "
+                                 "multiply by std and add mean for the recorded units"),
+        "metric_image_size": list(images.shape[2:4]),
+        "ground_truth_resized": list(data.test_images.shape[1:3]) != list(images.shape[2:4]),
+        "noise_free_responses": str(truth) if truth else None,
+        "data_source": data.source,
+    }
+    files = {"ground truth and decoded samples": "sample_image.png",
+             "measured vs predicted fMRI per ROI": "sample_fmri.png",
+             "decoded_images.npy": "decoded_images.npy", "predicted_fmri.npy": "predicted_fmri.npy",
+             "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
+    if (folder / "align.pt").is_file():
+        files["alignment heads"] = "align.pt"
+    report = SubjectReport(subject=subject, dataset=data.dataset, folder=subject, metrics=metrics,
+                           settings=settings, checkpoints=records, files=files)
+    write_subject_report(folder, report, cfg.name)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------
+
+def headline(report: SubjectReport) -> str:
+    """A short line of the main numbers for the console."""
+    parts = []
+    for section in ("decoding", "encoding"):
+        for m in report.metrics[section]:
+            if m.value is not None and m.chance is not None:
+                parts.append(f"{m.name} {m.value:.3f} (chance {m.chance:.3f})")
+    return "; ".join(parts[:6])
+
+
+def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
+    cfg, config_path = resolve_config(args, spec)
+    progress = not args.no_progress
+    log = print
+    if args.demo:
+        from utils.demo import prepare_demo
+        prepare_demo(cfg, spec, progress=progress, log=log)
+    preflight(cfg, spec, args.demo)
+    device = resolve_device(args.device)
+    precision = resolve_precision(cfg.precision, device)
+    extractor = build_image_features_from_config(cfg.features)
+    classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
+    run_dir = new_run_dir(cfg.out_dir, cfg.name)
+    save_config(cfg, run_dir / "config.yaml")
+    started = time.time()
+    reports = []
+    for subject in cfg.data.subjects:
+        reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, precision,
+                                   classifier, classifier_reason, progress, log))
+        log(f"{subject}: {headline(reports[-1])}")
+    run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
+                "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision,
+                "seconds": round(time.time() - started, 1), "command": " ".join([spec.script, *sys.argv[1:]])}
+    write_run_report(run_dir, reports, cfg.name, run_info)
+    log(f"results: {run_dir}  (open {run_dir / 'index.html'})")
+    return run_dir
+
+
+def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
+    spec = SCRIPTS[dataset]
+    args = build_parser(spec).parse_args(argv)
+    try:
+        run(args, spec)
+    except LEAError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
