@@ -56,6 +56,11 @@ class Stage:
     train_set: Dataset
     config: Any  # the stage's typed config (utils/config.py)
 
+    @property
+    def run_name(self) -> str:
+        """Default prefix of the run folder."""
+        return self.config.name
+
     def check_checkpoint(self, ckpt: dict, where: str) -> None:
         """Refuse a checkpoint whose network does not fit this stage's config and data."""
         saved = ckpt.get("config", {}).get("Model")

@@ -1,11 +1,17 @@
-"""Training logs: a CSV file, TensorBoard when installed, and a tqdm bar (rank 0 only)."""
+"""Training logs: a CSV file, TensorBoard when installed, a tqdm bar (rank 0 only), PNG grids."""
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 from tqdm import tqdm
+
+from utils.io import atomic_write_bytes
 
 CSV_NAME = "log.csv"
 FIXED_COLUMNS = ("step", "lr", "time_s")
@@ -80,3 +86,19 @@ def read_log(run_dir: str | Path) -> list[dict[str, float]]:
     """Rows of a run's CSV log as dicts of floats."""
     with open(Path(run_dir) / CSV_NAME, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Write float images [N, 3, H, W] in [0, 1] as one PNG grid (rows of `nrow`), atomically."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, _, h, w = images.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)  # [N, H, W, 3]
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = pixels[i]
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
