@@ -54,7 +54,8 @@ def _subject_file(root: Path, subject: str) -> Path:
 
 def _get(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     if key not in npz.files:
-        raise DataError(describe(f"{path} key '{key}'", f"a stored array (keys found: {npz.files})", "missing"))
+        raise DataError(describe(f"{path} key '{key}'", f"a stored array (keys found: {npz.files})",
+                                 "missing"))
     return npz[key]
 
 
@@ -144,7 +145,8 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
     path = _subject_file(root, subject)
     with np.load(path, allow_pickle=False) as npz:
         masks = _read_masks(npz, path)
-        train_raw = check_array(_get(npz, path, TRAIN_KEY), f"{path} key '{TRAIN_KEY}'", ndim=2, kinds=FLOAT_KINDS)
+        train_raw = check_array(_get(npz, path, TRAIN_KEY), f"{path} key '{TRAIN_KEY}'", ndim=2,
+                                kinds=FLOAT_KINDS)
         num_train, num_columns = train_raw.shape
         test_raw = check_array(_get(npz, path, TEST_KEY), f"{path} key '{TEST_KEY}'", ndim=2,
                                kinds=FLOAT_KINDS, shape=(None, num_columns))

@@ -214,7 +214,8 @@ def _shape_distance(shape: str, px: np.ndarray, py: np.ndarray, r: float) -> np.
     raise ValueError(shape)
 
 
-def render_image(attributes: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_image(attributes: np.ndarray, size: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Render one image of the category with `attributes` (shape, palette, orientation, frequency,
     layout indices) and fresh jitter. Returns uint8 [S, S, 3] and (centre_x, centre_y, radius)."""
     shape = SHAPES[attributes[0]]
@@ -230,7 +231,8 @@ def render_image(attributes: np.ndarray, size: int, rng: np.random.Generator) ->
     coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
     y, x = np.meshgrid(coords, coords, indexing="ij")  # [S, S] each, y down
     gradient = x * np.cos(np.deg2rad(gradient_deg)) + y * np.sin(np.deg2rad(gradient_deg))
-    waves = sum(np.sin(2 * np.pi * (rng.uniform(0.5, 2.0) * (x * np.cos(a) + y * np.sin(a))) + rng.uniform(0, 2 * np.pi))
+    waves = sum(np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * (x * np.cos(a) + y * np.sin(a))
+                       + rng.uniform(0, 2 * np.pi))
                 for a in rng.uniform(0, np.pi, BACKGROUND_WAVES))
     back = background * (1.0 + GRADIENT_STRENGTH * gradient + BACKGROUND_WAVE_AMPLITUDE * waves)[..., None]
 
@@ -238,7 +240,8 @@ def render_image(attributes: np.ndarray, size: int, rng: np.random.Generator) ->
     px, py = cos_r * (x - cx) + sin_r * (y - cy), -sin_r * (x - cx) + cos_r * (y - cy)
     pixel = 2.0 / size
     alpha = np.clip(0.5 - _shape_distance(shape, px, py, radius) / pixel, 0.0, 1.0)[..., None]
-    stripes = 0.5 + 0.5 * np.sin(np.pi * cycles * (x * np.cos(theta) + y * np.sin(theta)) + rng.uniform(0, 2 * np.pi))
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = 0.5 + 0.5 * np.sin(np.pi * cycles * (x * np.cos(theta) + y * np.sin(theta)) + phase)
     front = foreground + (accent - foreground) * (STRIPE_CONTRAST * stripes)[..., None]
 
     image = alpha * front + (1.0 - alpha) * back + rng.normal(0, PIXEL_NOISE, (size, size, 3))
@@ -287,7 +290,7 @@ def feature_maps(images: np.ndarray, chunk: int = 256) -> np.ndarray:
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
         lum = x.mean(axis=1)                                                                # [n, G, G]
         spectrum = np.fft.fft2(lum - lum.mean(axis=(1, 2), keepdims=True))[:, None]         # [n, 1, G, G]
-        energy = np.abs(np.fft.ifft2(spectrum * bank[None]))                                # [n, NUM_GABOR, G, G]
+        energy = np.abs(np.fft.ifft2(spectrum * bank[None]))                                # [n, 8, G, G]
         colour = np.stack([lum, r - g, b - 0.5 * (r + g)], axis=1)                          # [n, 3, G, G]
         maps = np.concatenate([energy, colour], axis=1)                                     # [n, C, G, G]
         n, c = maps.shape[:2]
@@ -379,7 +382,8 @@ def responses(pop: VoxelPopulation, maps: np.ndarray, attrs: np.ndarray) -> np.n
     dist2 = ((pop.prf_centre[:, None, :] - grid[None]) ** 2).sum(-1)                # [V, P]
     prf = np.exp(-dist2 / (2 * pop.prf_sigma[:, None] ** 2))
     prf /= prf.sum(axis=1, keepdims=True)
-    prf_part = sum((maps[:, k, :] @ prf.T) * pop.channel_weights[:, k] for k in range(maps.shape[1]))  # [n, V]
+    prf_part = sum((maps[:, k, :] @ prf.T) * pop.channel_weights[:, k]                 # [n, V]
+                   for k in range(maps.shape[1]))
     attr_part = attrs @ pop.attribute_weights.T                                       # [n, V]
     global_part = maps.mean(axis=2) @ pop.global_weights.T                            # [n, V]
     parts = [_zscore_columns(p) for p in (prf_part, attr_part, global_part)]
@@ -462,7 +466,8 @@ def _write_god(out: Path, gt: Path, scale: SimScale, cats: Categories, god_cats:
     attrs = attribute_vectors(cats.attributes[np.concatenate([train_cat, test_cat])],
                               np.concatenate([train_pos, test_pos]))
     n_train_img = len(train_img)
-    for s, subject in enumerate(tqdm(scale.god_subjects, desc="GOD subjects", disable=not progress, leave=False)):
+    for s, subject in enumerate(tqdm(scale.god_subjects, desc="GOD subjects", disable=not progress,
+                                     leave=False)):
         srng = _rng(seed, STREAM_GOD_SUBJECT, s)
         sizes = scaled_sizes(dict(zip(GOD_GROUPS, GOD_PAPER_SIZES[subject])), scale.god_voxel_factor)
         pop = make_population(srng, sizes)
@@ -546,7 +551,8 @@ def _write_bold(out: Path, gt: Path, scale: SimScale, cats: Categories, bold_cat
         if subject == scale.bold_partial_subject:
             seen_train = train_names[:int(round(scale.bold_partial_fraction * n_train))]
             seen_test = test_names[:n_test - scale.bold_partial_unseen_test]
-        shown = [(n, False) for n in seen_train] + [(n, True) for n in seen_test for _ in range(scale.bold_test_repeats)]
+        shown = [(n, False) for n in seen_train] \
+            + [(n, True) for n in seen_test for _ in range(scale.bold_test_repeats)]
         shown = [shown[i] for i in srng.permutation(len(shown))]
         for k, runs in enumerate(_bold_sessions(shown, scale)):
             session = folder / bold.PRESENTATION_DIR / subject / f"{subject}_sess{k + 1:02d}"
@@ -668,7 +674,8 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write simulated GOD and BOLD5000 datasets with ground truth.")
+    parser = argparse.ArgumentParser(
+        description="Write simulated GOD and BOLD5000 datasets with ground truth.")
     parser.add_argument("--out", required=True, help="folder to create (e.g. dataset/simulated)")
     parser.add_argument("--scale", default="tiny", choices=tuple(SCALES))
     parser.add_argument("--seed", type=int, default=0)

@@ -190,7 +190,8 @@ def test_bad_image_dict(bold_copy):
     path = bold_copy / bold.IMG_DICT_FILE
     images = load_pickled_npy(path)
     name = next(iter(images))
-    np.save(path, np.array({**images, name: images[name].astype(np.float32)}, dtype=object), allow_pickle=True)
+    changed = {**images, name: images[name].astype(np.float32)}
+    np.save(path, np.array(changed, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match=r"img_dict\.npy entry .*uint8.*float32"):
         load_bold5000(bold_copy, "CSI1")
     np.save(path, np.array([1, 2, 3], dtype=object), allow_pickle=True)
