@@ -98,6 +98,9 @@ def test_torch_dataset(sbj1):
     assert seen == {True, False}
     with pytest.raises(ConfigError, match="split"):
         FMRIImageDataset(sbj1, "val")
+    no_repeats = load_god(Path(sbj1.source["fmri"]).parent, "sbj_1", include_repeats=False)
+    with pytest.raises(ConfigError, match="test_repeats"):
+        FMRIImageDataset(no_repeats, "test_repeats")
 
 
 def test_dispatch_and_roi_patch_check(sim_root, sbj1):
@@ -162,6 +165,15 @@ def test_non_finite_voxels(god_copy):
     _rewrite(path, arr_0=arrays["arr_0"], arr_2=test)
     with pytest.raises(DataError, match=r"arr_2.*NaN/Inf"):
         load_god(god_copy, "sbj_1")
+
+
+def test_bad_values_outside_every_mask_are_ignored(god_copy):
+    arrays = _load(god_copy / "sbj_1.npz")
+    outside = np.flatnonzero(~arrays["VC"])[0]
+    train = arrays["arr_0"].copy()
+    train[:, outside] = np.nan
+    _rewrite(god_copy / "sbj_1.npz", arr_0=train)
+    assert np.isfinite(load_god(god_copy, "sbj_1").train_fmri).all()
 
 
 def test_train_test_voxel_counts_differ(god_copy):

@@ -146,3 +146,27 @@ def test_overwrite_replaces_a_simulated_tree_and_seed_changes_data(sim_root, tmp
     after = np.load(target / GOD_DIR / "sbj_1.npz")["arr_0"]
     assert before.shape[0] == after.shape[0] and not np.array_equal(before[:, :5], after[:, :5])
     assert [p.name for p in tmp_path.iterdir()] == ["sim"], "no temporary folders left behind"
+
+
+@pytest.mark.slow
+def test_demo_scale_is_learnable_but_not_trivial(tmp_path):
+    """Ridge decoding of category attributes for unseen test categories: well above chance, not perfect."""
+    from datasets.god import load_god
+    from datasets.simulate import ATTRIBUTE_SIZES
+    root = simulate(tmp_path / "demo", scale="demo", seed=0, progress=False)
+    data = load_god(root / GOD_DIR, "sbj_1", include_repeats=False)
+    gt = np.load(root / GROUND_TRUTH_DIR / "GOD" / "sbj_1.npz")
+    table = json.loads((root / GROUND_TRUTH_DIR / "categories.json").read_text())
+    blocks = ("shape", "palette", "orientation", "frequency", "layout")
+    attrs = np.array([[c[b] for b in blocks] for c in table])
+    train_cat = gt["train_category"][data.train_image_index]
+    x, x_test = data.train_fmri.astype(np.float64), data.test_fmri.astype(np.float64)
+    ridge = np.linalg.solve(x.T @ x + 500.0 * np.eye(x.shape[1]), x.T)   # [V, N_train]
+    accuracy, chance = [], []
+    for b, size in enumerate(ATTRIBUTE_SIZES):
+        weights = ridge @ np.eye(size)[attrs[train_cat, b]]                # [V, size]
+        predicted = np.argmax(x_test @ weights, axis=1)
+        accuracy.append(float((predicted == attrs[gt["test_category"], b]).mean()))
+        chance.append(1.0 / size)
+    assert np.mean(accuracy) > np.mean(chance) + 0.3, accuracy
+    assert np.mean(accuracy) < 0.99, accuracy
