@@ -273,6 +273,29 @@ def test_load_imagenet_classifier_errors(tmp_path):
         clf.classifier_or_reason(listed)
 
 
+def test_load_imagenet_classifier_loads_and_predicts(tmp_path, monkeypatch):
+    """The loading path (weights_only, meta build, strict assign) on a tiny ViT of the same class."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    def tiny_vit(weights, image_size, num_classes):
+        assert weights is None and image_size == clf.VIT_H_14_IMAGE_SIZE and num_classes == 1000
+        return VisionTransformer(image_size=28, patch_size=14, num_layers=1, num_heads=2, hidden_dim=8,
+                                 mlp_dim=16, num_classes=num_classes)
+
+    monkeypatch.setattr(clf, "vit_h_14", tiny_vit)
+    monkeypatch.setattr(clf, "imagenet_eval_transform", lambda: torch.nn.Upsample(size=(28, 28)))
+    torch.manual_seed(0)
+    reference = tiny_vit(None, clf.VIT_H_14_IMAGE_SIZE, 1000).eval()
+    path = tmp_path / "tiny_vit.pth"
+    torch.save(reference.state_dict(), path)
+    classifier, reason = clf.classifier_or_reason(path)
+    assert reason is None
+    images = torch.rand(3, 3, 40, 40)
+    with torch.no_grad():
+        expected = reference(torch.nn.functional.interpolate(images, size=(28, 28))).softmax(-1)
+    torch.testing.assert_close(classifier(images), expected)
+
+
 def test_imagenet_eval_transform_shape():
     out = clf.imagenet_eval_transform()(torch.rand(2, 3, 64, 80))
     assert out.shape == (2, 3, clf.VIT_H_14_IMAGE_SIZE, clf.VIT_H_14_IMAGE_SIZE)
