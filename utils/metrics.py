@@ -487,7 +487,8 @@ def fid(gt: ArrayLike, recon: ArrayLike,
 def _paired_fmri(measured: ArrayLike, predicted: ArrayLike, where: str = "fMRI") -> tuple[np.ndarray, np.ndarray]:
     m, p = _numpy(measured).astype(np.float64), _numpy(predicted).astype(np.float64)
     if m.ndim != 2 or m.shape != p.shape:
-        raise DataError(describe(where, "measured and predicted arrays [N, V] of one shape", f"{m.shape} and {p.shape}"))
+        raise DataError(describe(where, "measured and predicted arrays [N, V] of one shape",
+                                 f"{m.shape} and {p.shape}"))
     return m, p
 
 
