@@ -181,38 +181,44 @@ def _section(name: str, **kw):
 
 
 @dataclass
-class FMRIConfig:
-    kind: str = _section("KIND", default="fmri_autoencoder")
-    name: str = _section("NAME", default="fmri_autoencoder")
+class _Header:
+    """Keys every configuration file has."""
+
+    kind: str = _section("KIND", default="")
+    name: str = _section("NAME", default="")
     seed: int = _section("SEED", default=666)
     data: DataConfig = _section("Data", default_factory=DataConfig)
-    model: Any = _section("Model", default=None)          # models.fmri_autoencoder.FMRIAutoencoderConfig
+
+
+@dataclass
+class _StageHeader(_Header):
+    """Keys every training stage has; `model` is the network's own dataclass (models/*.py)."""
+
+    model: Any = _section("Model", default=None)
     train: TrainConfig = _section("Train", default_factory=TrainConfig)
+
+
+@dataclass
+class FMRIConfig(_StageHeader):
+    kind: str = _section("KIND", default="fmri_autoencoder")
+    name: str = _section("NAME", default="fmri_autoencoder")
     loss: FMRILossConfig = _section("Loss", default_factory=FMRILossConfig)
     features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
     init: FMRIInitConfig = _section("Init", default_factory=FMRIInitConfig)
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(_StageHeader):
     kind: str = _section("KIND", default="tokenizer")
     name: str = _section("NAME", default="tokenizer")
-    seed: int = _section("SEED", default=666)
-    data: DataConfig = _section("Data", default_factory=DataConfig)
-    model: Any = _section("Model", default=None)          # models.vqgan.VQGANConfig
-    train: TrainConfig = _section("Train", default_factory=TrainConfig)
     loss: TokenizerLossConfig = _section("Loss", default_factory=TokenizerLossConfig)
     init: TokenizerInitConfig = _section("Init", default_factory=TokenizerInitConfig)
 
 
 @dataclass
-class MaskGITStageConfig:
+class MaskGITStageConfig(_StageHeader):
     kind: str = _section("KIND", default="maskgit")
     name: str = _section("NAME", default="maskgit")
-    seed: int = _section("SEED", default=666)
-    data: DataConfig = _section("Data", default_factory=DataConfig)
-    model: Any = _section("Model", default=None)          # models.maskgit.MaskGITConfig
-    train: TrainConfig = _section("Train", default_factory=TrainConfig)
     loss: MaskGITLossConfig = _section("Loss", default_factory=MaskGITLossConfig)
     features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
     sampling: SamplingConfig = _section("Sampling", default_factory=SamplingConfig)
@@ -220,13 +226,11 @@ class MaskGITStageConfig:
 
 
 @dataclass
-class LEAConfig:
+class LEAConfig(_Header):
     """Inference: decoding and encoding per subject with trained weights."""
 
     kind: str = _section("KIND", default="lea")
     name: str = _section("NAME", default="LEA")
-    seed: int = _section("SEED", default=666)
-    data: DataConfig = _section("Data", default_factory=DataConfig)
     features: FeatureConfig = _section("Features", default_factory=FeatureConfig)
     sampling: SamplingConfig = _section("Sampling", default_factory=SamplingConfig)
     align: AlignConfig = _section("Align", default_factory=AlignConfig)
