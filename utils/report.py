@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from utils.metrics import Metric
+from utils.metrics import Metric, summarize, to_csv_rows
 
 CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
 VALUE_DIGITS = 4
@@ -43,15 +43,14 @@ class SubjectReport:
                                "settings": self.settings, "checkpoints": self.checkpoints,
                                "files": self.files}
         for section, metrics in self.metrics.items():
-            out[section] = {m.name: m.to_dict() for m in metrics}
+            out[section] = summarize(metrics)
         return out
 
 
 def csv_rows(report: SubjectReport) -> list[dict[str, Any]]:
     """One row per metric: subject, section, name, value, chance, skipped."""
-    return [{"subject": report.subject, "section": section, "name": m.name, "value": m.value,
-             "chance": m.chance, "skipped": m.skipped}
-            for section, metrics in report.metrics.items() for m in metrics]
+    return [{"subject": report.subject, "section": section, **row}
+            for section, metrics in report.metrics.items() for row in to_csv_rows(metrics)]
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:

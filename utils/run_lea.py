@@ -36,6 +36,7 @@ from models.lea import (LEA, check_fmri_fits, load_trained_network, resolve_devi
 from utils import metrics as M
 from utils.classifier import classifier_or_reason
 from utils.config import LEAConfig, load_config, save_config
+from utils.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
 from utils.io import atomic_save_npy, file_sha256, new_run_dir
 from utils.report import SubjectReport, write_run_report, write_subject_report
@@ -137,20 +138,17 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
 
 def train_command(kind: str, spec: ScriptSpec, subject: str, demo: bool) -> str:
     """The command that trains a missing network."""
-    if demo:
-        stage_config = {"fmri": f"configs/demo/fmri_{'GOD' if spec.dataset == 'GOD' else 'BOLD'}.yaml",
-                        "tokenizer": "configs/demo/tokenizer.yaml", "maskgit": "configs/demo/maskgit.yaml"}[kind]
-    else:
-        stage_config = {"fmri": spec.fmri_train_config, "tokenizer": "configs/MaskGIT_AE.yaml",
-                        "maskgit": "configs/MaskGIT_Transformer.yaml"}[kind]
-    subject_opt = f" --set 'Data.subjects=[{subject}]'" if kind == "fmri" else ""
-    return f"python train.py {kind} --config {stage_config}{subject_opt}"
+    if kind == "fmri":
+        stage_config = FMRI_STAGE_CONFIGS[spec.dataset] if demo else spec.fmri_train_config
+        return f"python train.py fmri --config {stage_config} --set 'Data.subjects=[{subject}]'"
+    stage_config = (STAGE_CONFIGS if demo else PAPER_STAGE_CONFIGS)[kind]
+    return f"python train.py {kind} --config {stage_config}"
 
 
+PAPER_STAGE_CONFIGS = {"tokenizer": "configs/MaskGIT_AE.yaml", "maskgit": "configs/MaskGIT_Transformer.yaml"}
 CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
                    "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
                    "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
-FINAL_FILES = {"fmri": "fmri_autoencoder.pt", "tokenizer": "tokenizer.pt", "maskgit": "maskgit.pt"}
 
 
 def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
@@ -399,7 +397,6 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
     progress = not args.no_progress
     log = print
     if args.demo:
-        from utils.demo import prepare_demo
         prepare_demo(cfg, spec, progress=progress, log=log)
     preflight(cfg, spec, args.demo)
     device = resolve_device(args.device)

@@ -1,0 +1,108 @@
+"""`--demo`: simulate the demo data and train the small demo weights that are missing.
+
+Everything lives at fixed places so that a second demo run reuses it:
+
+    dataset/simulated/                       python -m datasets.simulate --scale demo
+    checkpoints/demo/fmri/<subject>/fmri_autoencoder.pt
+    checkpoints/demo/tokenizer/tokenizer.pt
+    checkpoints/demo/maskgit/maskgit.pt      (paths from the demo LEA config's Checkpoints section)
+
+Each weight is trained by `train.py` into its own time-stamped run folder; its
+final file is then linked to the stable path only when nothing is there yet, so
+an existing demo weight is never replaced.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from utils.config import LEAConfig, apply_overrides, read_yaml
+from utils.errors import ConfigError, LEAError, describe
+
+DEMO_SIM_ROOT = Path("dataset/simulated")
+DEMO_SCALE = "demo"
+STAGE_CONFIGS = {"tokenizer": "configs/demo/tokenizer.yaml", "maskgit": "configs/demo/maskgit.yaml"}
+FMRI_STAGE_CONFIGS = {"GOD": "configs/demo/fmri_GOD.yaml", "BOLD5000": "configs/demo/fmri_BOLD.yaml"}
+FINAL_FILES = {"fmri": "fmri_autoencoder.pt", "tokenizer": "tokenizer.pt", "maskgit": "maskgit.pt"}
+
+
+def place_without_overwrite(source: Path, target: Path) -> bool:
+    """Copy `source` to `target` unless `target` exists (checked atomically); True if placed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.link(tmp, target)      # fails when target exists: never replaces a file
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[str], None]) -> Path:
+    """Run `python train.py <stage> --config <config> --set ...` in-process; return its final file."""
+    import train
+
+    if not Path(config).is_file():
+        raise ConfigError(describe(config, f"the demo config of the {stage} stage", "no such file"))
+    out_dir = Path(apply_overrides(read_yaml(config), overrides).get("Train", {}).get("out_dir", "checkpoints"))
+    before = set(out_dir.iterdir()) if out_dir.is_dir() else set()
+    command = " ".join(["python train.py", stage, "--config", config, *[f"--set '{o}'" for o in overrides]])
+    log(f"demo: training {stage}: {command}")
+    argv = [stage, "--config", config]
+    for item in overrides:
+        argv += ["--set", item]
+    train.main(argv)
+    finals = [d / FINAL_FILES[stage] for d in set(out_dir.iterdir()) - before if (d / FINAL_FILES[stage]).is_file()]
+    if len(finals) != 1:
+        raise LEAError(describe(f"demo {stage} training ({command})",
+                                f"one new run folder under {out_dir} holding {FINAL_FILES[stage]}",
+                                [str(f) for f in finals] or "none"))
+    return finals[0]
+
+
+def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
+                  log: Callable[[str], None]) -> None:
+    """Train `stage` and place its final file at `stable`, unless `stable` already exists."""
+    if stable.is_file():
+        log(f"demo: using {stable}")
+        return
+    started = time.time()
+    final = train_stage(stage, config, overrides, log)
+    placed = place_without_overwrite(final, stable)
+    log(f"demo: {stage} trained in {time.time() - started:.0f} s; "
+        + (f"placed at {stable}" if placed else f"{stable} appeared meanwhile and was kept; new weights in {final}"))
+
+
+def ensure_data(cfg: LEAConfig, progress: bool, log: Callable[[str], None]) -> None:
+    """Simulate the demo data under dataset/simulated when the config's data folder is missing."""
+    if Path(cfg.data.path).exists():
+        return
+    if DEMO_SIM_ROOT.resolve() not in Path(cfg.data.path).resolve().parents:
+        raise ConfigError(describe("demo Data.path", f"a folder under {DEMO_SIM_ROOT} (the demo simulates its data)",
+                                   cfg.data.path))
+    from datasets.simulate import simulate
+
+    started = time.time()
+    log(f"demo: simulating the demo data: python -m datasets.simulate --out {DEMO_SIM_ROOT} --scale {DEMO_SCALE}")
+    simulate(DEMO_SIM_ROOT, scale=DEMO_SCALE, progress=progress)
+    log(f"demo: data written in {time.time() - started:.0f} s")
+
+
+def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str], None] = print) -> None:
+    """Make sure the demo data and every demo weight the config names exist."""
+    ensure_data(cfg, progress, log)
+    fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
+    for subject in cfg.data.subjects:
+        ensure_weight("fmri", Path(cfg.checkpoints.fmri.format(subject=subject)), fmri_config,
+                      [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"], log)
+    tokenizer = Path(cfg.checkpoints.tokenizer)
+    ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log)
+    ensure_weight("maskgit", Path(cfg.checkpoints.maskgit), STAGE_CONFIGS["maskgit"],
+                  [f"Init.tokenizer={tokenizer}"], log)
