@@ -1,11 +1,17 @@
 """Building blocks shared by the LEA networks.
 
 - `sincos_positions_1d`: fixed 1-D sine-cosine position table (with an all-zero row for a CLS token).
-- `multi_head_attention`: split heads, `F.scaled_dot_product_attention`, merge heads.
+- `multi_head_attention`: split heads, attend, merge heads. The kernel is chosen by
+  `attention_implementation(...)`: 'sdpa' (`F.scaled_dot_product_attention`, the default) or 'math'
+  (softmax(q k^T * scale) v written out, as the authors' release computes it; kept for comparisons).
 - `ViTBlock`: pre-norm transformer block whose parameter names (`norm1`, `attn.qkv`, `attn.proj`,
   `norm2`, `mlp.fc1`, `mlp.fc2`) match timm's ViT `Block`, so MAE-style checkpoints load by name.
 """
 from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -33,11 +39,43 @@ def sincos_positions_1d(num_positions: int, dim: int, cls_token: bool = True) ->
     return table.float().unsqueeze(0)  # [1, P(+1), dim]
 
 
+ATTENTION_IMPLS = ("sdpa", "math")
+_attention_impl = "sdpa"
+
+
+def get_attention_implementation() -> str:
+    """The attention kernel `multi_head_attention` uses now: 'sdpa' or 'math'."""
+    return _attention_impl
+
+
+@contextlib.contextmanager
+def attention_implementation(impl: str) -> Iterator[None]:
+    """Run every `multi_head_attention` call inside the block with kernel `impl` ('sdpa' | 'math').
+
+    Process-wide (not thread-local); the previous choice is restored on exit.
+    """
+    global _attention_impl
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    previous, _attention_impl = _attention_impl, impl
+    try:
+        yield
+    finally:
+        _attention_impl = previous
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with dropout on the weights. q, k, v: [B, H, N, d] -> [B, H, N, d]."""
+    weights = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, N, N]
+    weights = F.dropout(weights.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
+    return weights @ v  # [B, H, N, d]
+
+
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
                          dropout_p: float = 0.0) -> torch.Tensor:
     """Unmasked scaled dot-product attention (scale 1/sqrt(head_dim)) over `num_heads` heads.
 
-    q, k, v: [B, N, C] -> [B, N, C]. Uses `F.scaled_dot_product_attention` (fused kernels).
+    q, k, v: [B, N, C] -> [B, N, C]. The kernel follows `attention_implementation` ('sdpa' by default).
     """
     B, N, C = q.shape
     head_dim = C // num_heads
@@ -45,7 +83,10 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(B, t.shape[1], num_heads, head_dim).transpose(1, 2)  # [B, H, N, C/H]
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=dropout_p)  # [B, H, N, C/H]
+    if _attention_impl == "math":
+        out = math_attention(split(q), split(k), split(v), dropout_p)  # [B, H, N, C/H]
+    else:
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(B, N, C)  # [B, N, C]
 
 

@@ -110,10 +110,13 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
+        """x: [B, N, C] -> [B, N, C]. The three input projections run as one matmul with the
+        weights concatenated on the fly (the parameters stay separate)."""
         dropout_p = self.drop if self.training else 0.0
-        out = multi_head_attention(self.query(x), self.key(x), self.value(x), self.num_heads, dropout_p)
-        return self.proj(out)
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3C, C]
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3C]
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # 3 x [B, N, C]
+        return self.proj(multi_head_attention(q, k, v, self.num_heads, dropout_p))
 
 
 class PostNormLayer(nn.Module):
@@ -183,8 +186,9 @@ class MaskGITTransformer(nn.Module):
         x = self.drop(self.ln(x))
         for layer in self.decoder:
             x = layer(x)
-        logits = F.linear(self.mlps(x), self.token_emb.weight, self.mlps_bias)  # [B, N+1, vocab]
-        return logits[:, 1:, :c.num_codebook]  # [B, N, num_codebook]
+        head = self.mlps(x[:, 1:])  # [B, N, C]; the condition position has no logits
+        return F.linear(head, self.token_emb.weight[:c.num_codebook],
+                        self.mlps_bias[:c.num_codebook])  # [B, N, num_codebook]
 
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, num_samples: int = 1, steps: int = 11,
