@@ -393,6 +393,7 @@ def headline(report: SubjectReport) -> str:
 
 
 def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
+    started = time.time()
     cfg, config_path = resolve_config(args, spec)
     progress = not args.no_progress
     log = print
@@ -405,7 +406,6 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
     save_config(cfg, run_dir / "config.yaml")
-    started = time.time()
     reports = []
     for subject in cfg.data.subjects:
         reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, precision,
@@ -415,6 +415,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
                 "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision,
                 "seconds": round(time.time() - started, 1), "command": " ".join([spec.script, *sys.argv[1:]])}
     write_run_report(run_dir, reports, cfg.name, run_info)
+    log(f"done in {time.time() - started:.0f} s")
     log(f"results: {run_dir}  (open {run_dir / 'index.html'})")
     return run_dir
 

@@ -3,7 +3,8 @@
 - `sample_image.png`: one row per test trial, the ground-truth image first, then
   the decoded samples.
 - `sample_fmri.png`: one panel per ROI group, each a scatter of measured (x) against
-  predicted (y) voxel responses over the test trials, with the Pearson r of the panel.
+  predicted (y) voxel responses over the test trials, with the Pearson r of all the
+  panel's points pooled (voxel-wise r is in the metrics).
 - per-image PNGs: `images/<trial>_gt.png` and `images/<trial>_s<k>.png`.
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _scatter_panel(measured: np.ndarray, predicted: np.ndarray, title: str,
     draw = ImageDraw.Draw(panel)
     font = ImageFont.load_default()
     r = _pearson(measured, predicted)
-    draw.text((4, 4), f"{title}  r={r:.3f}", fill=INK, font=font)
+    draw.text((4, 4), f"{title}  pooled r={r:.3f}", fill=INK, font=font)
     box = (PAD, PANEL_MARGIN, PANEL - PAD, PANEL + PANEL_MARGIN - PAD)
     draw.rectangle(box, outline=GRID_INK)
     both = np.concatenate([measured, predicted])
