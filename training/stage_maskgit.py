@@ -1,0 +1,186 @@
+"""Stage `maskgit`: train the conditional MaskGIT token transformer.
+
+Data: the stimulus images of Data.subjects, tokenised once by the trained tokenizer
+(Init.tokenizer) and described once by the feature backend (Features), both cached on disk under
+Features.cache_dir (keyed by the image bytes and the tokenizer file's hash). With Data.flip, the
+left-right flipped images are tokenised and described too and picked with probability 0.5.
+
+Objective (spec 4, "Training"): per image draw u ~ U(0, 1), mask ratio r = max(gamma(u),
+Loss.min_mask_rate) with gamma the Loss.schedule (cosine: cos(pi u / 2)); replace floor(r * N)
+random tokens (at least one) by the mask id; cross-entropy with label smoothing on the masked
+tokens only.
+
+Samples: `generate()` from the features of test images, decoded by the tokenizer; PNG with the
+test images on the top row and the generations below.
+
+Final file `maskgit.pt`: {'model', 'kind': 'maskgit', 'model_config', 'config', 'tokenizer'
+(path and sha256), 'features' (the Features section the conditions came from)}.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from models.checkpoints import load_release_checkpoint, safe_torch_load
+from models.maskgit import MaskGITTransformer, mask_schedule
+from models.vqgan import VQGAN, VQGANConfig
+from training.engine import Stage, TrainModule, seed_everything
+from training.logger import save_image_grid
+from training.stage_fmri import image_features
+from training.stage_tokenizer import (KIND as TOKENIZER_KIND, check_image_size, load_tokenizer_weights,
+                                      resize_images, stimulus_images)
+from utils.config import MaskGITStageConfig, build, config_from_dict, load_config, to_dict
+from utils.errors import CheckpointError, ConfigError, describe
+from utils.io import atomic_save_npy, file_sha256
+
+KIND = "maskgit"
+FINAL_NAME = "maskgit.pt"
+NUM_SAMPLE_IMAGES = 8
+TOKENIZE_BATCH = 32
+CACHE_HASH_CHARS = 16
+
+
+def load_tokenizer(path: str, config_file: str | None) -> VQGAN:
+    """Our tokenizer.pt (carries its config) or a published one with Init.tokenizer_config."""
+    if not Path(path).is_file():
+        raise CheckpointError(describe(f"{path} (Init.tokenizer)", "a trained tokenizer file "
+                                       "(python train.py tokenizer ...) or MaskGIT's published tokenizer",
+                                       "no such file"))
+    payload = safe_torch_load(path) if Path(path).suffix != ".npz" else None
+    if isinstance(payload, dict) and payload.get("kind") == TOKENIZER_KIND:
+        model_cfg = build(VQGANConfig, payload["model_config"], f"{path}: model_config")
+    elif config_file:
+        model_cfg = load_config(config_file, kind=TOKENIZER_KIND).model
+    else:
+        raise ConfigError(describe("Init.tokenizer_config", f"a tokenizer YAML describing {path} "
+                                   "(it is not a tokenizer.pt of this project)", None))
+    vqgan = VQGAN(model_cfg)
+    load_tokenizer_weights(vqgan, path)
+    return vqgan.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def tokenize(vqgan: VQGAN, images: torch.Tensor, cache_dir: str | None, key: str) -> torch.Tensor:
+    """Token ids [N, h*w] (long) of float images [N, 3, S, S]; cached as `<cache_dir>/<key>.npy`."""
+    path = None
+    if cache_dir:
+        path = Path(cache_dir) / f"{key}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path, allow_pickle=False)).long()
+    ids = torch.cat([vqgan.encode(images[i:i + TOKENIZE_BATCH])[1].flatten(1)  # [b, h*w]
+                     for i in range(0, len(images), TOKENIZE_BATCH)])
+    if path is not None:
+        atomic_save_npy(path, ids.numpy().astype(np.int32))
+    return ids
+
+
+def tokens_digest(tokenizer_sha: str, images: np.ndarray, image_size: int) -> str:
+    """Hash of the tokenizer file, the image bytes and the working resolution."""
+    h = hashlib.sha256(f"{tokenizer_sha}|{images.shape}|{image_size}|".encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:CACHE_HASH_CHARS]
+
+
+class TokenSet(Dataset):
+    """dict(tokens [N] long, condition [D]); variant 1 (flipped) with probability 0.5 when flip."""
+
+    def __init__(self, tokens: torch.Tensor, conditions: torch.Tensor):
+        self.tokens = tokens          # [V, M, N], V = 1 or 2 variants (original, flipped)
+        self.conditions = conditions  # [V, M, D]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[1]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        v = int(torch.randint(self.tokens.shape[0], ()))
+        return {"tokens": self.tokens[v, i], "condition": self.conditions[v, i]}
+
+
+class MaskGITTrainModule(TrainModule):
+    def __init__(self, model: MaskGITTransformer, cfg: MaskGITStageConfig):
+        super().__init__()
+        self.model = model
+        self.gamma = mask_schedule(cfg.loss.schedule)
+        self.min_mask_rate = cfg.loss.min_mask_rate
+        self.label_smoothing = cfg.loss.label_smoothing
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int):
+        tokens, cond = batch["tokens"], batch["condition"]  # [B, N], [B, D]
+        B, N = tokens.shape
+        u = torch.rand(B, device=tokens.device)
+        ratio = self.gamma(u).clamp_min(self.min_mask_rate)  # [B]
+        num_masked = (ratio * N).floor().long().clamp(1, N)  # [B]
+        rank = torch.rand(B, N, device=tokens.device).argsort(1).argsort(1)  # random rank of each position
+        masked = rank < num_masked[:, None]  # [B, N]
+        logits = self.model(tokens.masked_fill(masked, self.model.mask_token_id), cond)  # [B, N, K]
+        loss = F.cross_entropy(logits[masked].float(), tokens[masked], label_smoothing=self.label_smoothing)
+        acc = (logits[masked].argmax(-1) == tokens[masked]).float().mean()
+        return loss, {"loss": loss.detach(), "masked_acc": acc.detach(), "mask_ratio": ratio.mean().detach()}
+
+
+class MaskGITStage(Stage):
+    kind = KIND
+
+    def __init__(self, cfg: MaskGITStageConfig, source: str, log: Callable[[str], None] = print):
+        self.config = cfg
+        m = cfg.model
+        if cfg.features.dim != m.condition_dim:
+            raise ConfigError(describe(f"{source}: Features.dim", f"Model.condition_dim = {m.condition_dim}",
+                                       cfg.features.dim))
+        self.tokenizer = load_tokenizer(cfg.init.tokenizer, cfg.init.tokenizer_config)
+        t = self.tokenizer.config
+        check_image_size(cfg.data, t, source)
+        if t.token_grid != m.token_grid or t.num_codebook != m.num_codebook:
+            raise ConfigError(describe(f"{source}: Model.token_grid / Model.num_codebook",
+                                       f"the tokenizer's {t.token_grid} / {t.num_codebook} ({cfg.init.tokenizer})",
+                                       f"{m.token_grid} / {m.num_codebook}"))
+        train_u8, test_u8, _ = stimulus_images(cfg.data, source)
+        variants = [train_u8, train_u8[:, :, ::-1].copy()] if cfg.data.flip else [train_u8]
+        tok_hash = file_sha256(cfg.init.tokenizer)[:CACHE_HASH_CHARS]
+        tokens, conds = [], []
+        for v, images in enumerate(variants):
+            key = f"{cfg.data.dataset}_stimuli_{'flip' if v else 'orig'}"
+            pixels = resize_images(images, cfg.data.image_size)
+            digest = tokens_digest(tok_hash, images, cfg.data.image_size)
+            tokens.append(tokenize(self.tokenizer, pixels, cfg.features.cache_dir, f"tokens_{key}_{digest}"))
+            conds.append(image_features(cfg.features, images, key))
+        log(f"maskgit: {len(train_u8)} training images, {len(variants)} variant(s), "
+            f"{tokens[0].shape[1]} tokens each")
+        self.train_set = TokenSet(torch.stack(tokens), torch.stack(conds).float())
+        self.sample_images = resize_images(test_u8[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
+        self.sample_conditions = image_features(cfg.features, test_u8[:NUM_SAMPLE_IMAGES],
+                                                f"{cfg.data.dataset}_test_samples").float()
+        model = MaskGITTransformer(m)
+        if cfg.init.checkpoint:
+            log(load_release_checkpoint(cfg.init.checkpoint, model).table())
+        self.module = MaskGITTrainModule(model, cfg)
+
+    def sample(self, module: MaskGITTrainModule, step: int, out_dir: Path) -> None:
+        device = next(module.parameters()).device
+        s = self.config.sampling
+        ids = module.model.generate(self.sample_conditions.to(device), num_samples=1, steps=s.steps,
+                                    schedule=s.schedule, choice_temperature=s.choice_temperature)[:, 0]  # [B, N]
+        images = self.tokenizer.to(device).decode_indices(ids).float()
+        save_image_grid(torch.cat([self.sample_images.to(device), images]), out_dir / f"step_{step:06d}.png",
+                        nrow=len(images))
+
+    def final_artifact(self, module: MaskGITTrainModule) -> tuple[str, dict[str, Any]]:
+        return FINAL_NAME, {"model": module.model.state_dict(), "kind": KIND,
+                            "model_config": to_dict(self.config.model), "config": to_dict(self.config),
+                            "tokenizer": {"path": self.config.init.tokenizer,
+                                          "sha256": file_sha256(self.config.init.tokenizer)},
+                            "features": to_dict(self.config.features)}
+
+
+def stage_builders(values: dict, source: str) -> list[Callable[[Callable[[str], None]], MaskGITStage]]:
+    def build_stage(log: Callable[[str], None]) -> MaskGITStage:
+        cfg = config_from_dict(values, source, kind=KIND)
+        seed_everything(cfg.seed)
+        return MaskGITStage(cfg, source, log)
+    return [build_stage]

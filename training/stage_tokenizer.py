@@ -1,0 +1,205 @@
+"""Stage `tokenizer`: train the VQGAN that turns images into MaskGIT tokens.
+
+Loss per step (Loss section):
+    rec_l1_weight * |x - x_hat| + rec_l2_weight * (x - x_hat)^2
+  + codebook_weight * codebook + commitment_beta * commitment
+  + [step >= disc_start] * (gan_weight * -D(x_hat) + hinge(D))
+where hinge(D) = relu(1 - D(x)) + relu(1 + D(sg(x_hat))) trains the patch discriminator
+(models/discriminator.py) and the generator term is computed with the discriminator's weights
+detached, so each term reaches only its own network. The discriminator has its own learning rate
+(Loss.disc_lr) on the same schedule. From scratch, the codebook starts at encoder outputs of
+training images (init_codebook_from_data). A perceptual (LPIPS) term is not available: the project has
+no LPIPS network, so it is reported off once.
+
+Init.checkpoint: our `tokenizer.pt`, or MaskGIT's published tokenizer (see models/checkpoints.py).
+
+Final file `tokenizer.pt`: {'model': VQGAN state_dict, 'kind': 'tokenizer', 'model_config',
+'config', 'resolution', 'token_grid'}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from datasets.common import SubjectData
+from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
+from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
+from models.vqgan import VQGAN, VQGANConfig
+from training.engine import Stage, TrainModule, seed_everything
+from training.logger import save_image_grid
+from training.optim import param_groups
+from training.stage_fmri import load_stage_subject
+from utils.config import DataConfig, TokenizerConfig, TrainConfig, config_from_dict, to_dict
+from utils.errors import CheckpointError, ConfigError, describe
+
+KIND = "tokenizer"
+FINAL_NAME = "tokenizer.pt"
+NUM_SAMPLE_IMAGES = 8
+UINT8_MAX = 255.0
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+
+
+def resize_images(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [0, 1] (antialiased bilinear)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / UINT8_MAX  # [N, 3, H, W]
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0)
+
+
+def stimulus_images(data: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
+    """Train and test images (uint8) of Data.subjects; subjects that share one image set
+    (GOD) contribute it once."""
+    subjects = [load_stage_subject(data, s, source) for s in data.subjects]
+    train, test = [], []
+    for d in subjects:
+        if not any(t.shape == d.train_images.shape and np.array_equal(t, d.train_images) for t in train):
+            train.append(d.train_images)
+        if not any(t.shape == d.test_images.shape and np.array_equal(t, d.test_images) for t in test):
+            test.append(d.test_images)
+    return np.concatenate(train), np.concatenate(test), subjects
+
+
+class ImageSet(Dataset):
+    """dict(image [3, S, S] in [0, 1]), flipped left-right with probability 0.5 when `flip`."""
+
+    def __init__(self, images: torch.Tensor, flip: bool):
+        self.images = images  # [N, 3, S, S]
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.images[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {"image": image}
+
+
+def check_image_size(data: DataConfig, vqgan: VQGANConfig, where: str) -> None:
+    if data.image_size != vqgan.resolution:
+        raise ConfigError(describe(f"{where}: Data.image_size", f"the tokenizer's resolution {vqgan.resolution}",
+                                   data.image_size))
+
+
+# ---------------------------------------------------------------------------
+# Objective
+# ---------------------------------------------------------------------------
+
+
+class TokenizerTrainModule(TrainModule):
+    """VQGAN + patch discriminator trained together (one backward per step)."""
+
+    def __init__(self, vqgan: VQGAN, disc: PatchDiscriminator, cfg: TokenizerConfig):
+        super().__init__()
+        self.vqgan = vqgan
+        self.disc = disc
+        self.loss_cfg = cfg.loss
+
+    def optimizer_groups(self, train: TrainConfig) -> list[dict]:
+        groups = param_groups(self.vqgan.named_parameters(), self.vqgan, train.weight_decay)
+        return groups + param_groups(self.disc.named_parameters(), self.disc, train.weight_decay,
+                                     lr=self.loss_cfg.disc_lr)
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int):
+        c = self.loss_cfg
+        image = batch["image"]  # [B, 3, S, S]
+        recon, codebook, commitment, indices = self.vqgan(image)
+        recon = recon.float()
+        rec = c.rec_l1_weight * (recon - image).abs().mean() + c.rec_l2_weight * ((recon - image) ** 2).mean()
+        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+        g_adv = -functional_call(self.disc, frozen, (recon,)).float().mean()
+        d_hinge = (F.relu(1.0 - self.disc(image).float()).mean()
+                   + F.relu(1.0 + self.disc(recon.detach()).float()).mean())
+        gan_on = float(step >= c.disc_start)
+        loss = (rec + c.codebook_weight * codebook + c.commitment_beta * commitment
+                + gan_on * (c.gan_weight * g_adv + d_hinge))
+        used = torch.unique(indices).numel()
+        return loss, {"loss": loss.detach(), "rec": rec.detach(), "codebook": codebook.detach(),
+                      "commitment": commitment.detach(), "g_adv": g_adv.detach(), "d_hinge": d_hinge.detach(),
+                      "codes_used": torch.tensor(float(used))}
+
+
+# ---------------------------------------------------------------------------
+# Initialisation and stage
+# ---------------------------------------------------------------------------
+
+
+def load_tokenizer_weights(model: VQGAN, path: str) -> str:
+    """Our `tokenizer.pt` (its Model section must match) or MaskGIT's published tokenizer."""
+    if Path(path).suffix != ".npz" and Path(path).is_file():
+        payload = safe_torch_load(path)
+        if isinstance(payload, dict) and payload.get("kind") == KIND:
+            saved, current = payload.get("model_config"), to_dict(model.config)
+            if saved != current:
+                raise CheckpointError(describe(f"{path}: Model section", str(current), str(saved)))
+            load_state_dict_strict(model, payload["model"], path)
+            return f"{path}: tokenizer loaded"
+    return load_maskgit_vqgan(path, model).table()
+
+
+@torch.no_grad()
+def init_codebook_from_data(vqgan: VQGAN, images: torch.Tensor) -> None:
+    """From-scratch start: codebook rows = encoder outputs at random positions of random training
+    images, so that every code starts near the data (a randomly placed codebook collapses to a
+    handful of codes)."""
+    k = vqgan.config.num_codebook
+    picked = images[torch.randperm(len(images))[:min(len(images), k)]]  # [n, 3, S, S]
+    z = vqgan.encoder(picked)  # [n, D, h, w]
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # [n*h*w, D]
+    rows = torch.randint(len(vectors), (k,)) if len(vectors) < k else torch.randperm(len(vectors))[:k]
+    vqgan.quantizer.embedding.weight.copy_(vectors[rows])
+
+
+class TokenizerStage(Stage):
+    kind = KIND
+
+    def __init__(self, cfg: TokenizerConfig, source: str, log: Callable[[str], None] = print):
+        self.config = cfg
+        check_image_size(cfg.data, cfg.model, source)
+        train_images, test_images, _ = stimulus_images(cfg.data, source)
+        vqgan = VQGAN(cfg.model)
+        self.train_set = ImageSet(resize_images(train_images, cfg.data.image_size), cfg.data.flip)
+        if cfg.init.checkpoint:
+            log(load_tokenizer_weights(vqgan, cfg.init.checkpoint))
+        else:
+            init_codebook_from_data(vqgan, self.train_set.images)
+        if cfg.loss.perceptual_weight > 0:
+            log("tokenizer: perceptual (LPIPS) loss is off: the project has no LPIPS network "
+                f"(Loss.perceptual_weight={cfg.loss.perceptual_weight} ignored)")
+        disc = PatchDiscriminator(PatchDiscriminatorConfig(in_ch=cfg.model.in_ch, channels=cfg.loss.disc_channels,
+                                                           n_layers=cfg.loss.disc_layers))
+        self.module = TokenizerTrainModule(vqgan, disc, cfg)
+        self.sample_images = resize_images(test_images[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
+
+    def sample(self, module: TokenizerTrainModule, step: int, out_dir: Path) -> None:
+        """Test images (top row) and their reconstructions (bottom row) as one PNG."""
+        images = self.sample_images.to(next(module.parameters()).device)
+        recon = module.vqgan(images)[0].float()
+        save_image_grid(torch.cat([images, recon]), out_dir / f"step_{step:06d}.png", nrow=len(images))
+
+    def final_artifact(self, module: TokenizerTrainModule) -> tuple[str, dict[str, Any]]:
+        return FINAL_NAME, {"model": module.vqgan.state_dict(), "kind": KIND,
+                            "model_config": to_dict(self.config.model), "config": to_dict(self.config),
+                            "resolution": self.config.model.resolution,
+                            "token_grid": self.config.model.token_grid}
+
+
+def stage_builders(values: dict, source: str) -> list[Callable[[Callable[[str], None]], TokenizerStage]]:
+    def build(log: Callable[[str], None]) -> TokenizerStage:
+        cfg = config_from_dict(values, source, kind=KIND)
+        seed_everything(cfg.seed)
+        return TokenizerStage(cfg, source, log)
+    return [build]
