@@ -10,7 +10,6 @@ never tokenised.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,9 +25,9 @@ from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
 from utils.config import AlignConfig, SamplingConfig, build
 from utils.errors import CheckpointError, ConfigError, DataError, describe
+from utils.precision import autocast
 
 UINT8_MAX = 255
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 # images uint8 [N, H, W, 3] -> features [N, Di] (float32, CPU)
 FeatureFn = Callable[[np.ndarray], torch.Tensor]
@@ -71,25 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DataError(describe("--device", "'cpu' or 'auto' (no CUDA device is visible)", "'cuda'"))
     return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on CUDA, 'fp32' on CPU; explicit values pass through.
-
-    The CPU stays at fp32 under 'auto' even where bf16 matmuls are fast: this is
-    the one place to change that choice.
-    """
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    """Autocast context for a resolved precision ('fp32' -> no autocast)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def check_fmri_fits(model: FMRIAutoencoder, roi_patch: list[int], checkpoint: str, subject: str) -> None:
@@ -136,24 +116,24 @@ class LEA:
         tokenizer: VQGAN whose decoder turns token ids into images.
         image_features: images uint8 [N, H, W, 3] -> features [N, Di].
         heads: alignment heads (fitted or loaded); None until `fit_alignment`.
-        device, precision: where and how the networks run ('fp32' | 'bf16').
+        device: where the networks run.
+        dtype: autocast compute type (torch.bfloat16), or None for float32
+            (`utils.precision.resolve_precision`).
         batch_size: rows per network call (trials x samples for generation).
         progress: show tqdm bars.
     """
 
     def __init__(self, fmri_ae: FMRIAutoencoder, maskgit: MaskGITTransformer, tokenizer: VQGAN,
                  image_features: FeatureFn, heads: AlignmentHeads | None = None,
-                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                 device: torch.device = torch.device("cpu"), dtype: torch.dtype | None = None,
                  batch_size: int = 16, progress: bool = True):
-        if precision not in PRECISIONS:
-            raise DataError(describe("precision", f"one of {sorted(PRECISIONS)}", repr(precision)))
         self.fmri_ae = fmri_ae.to(device).eval()
         self.maskgit = maskgit.to(device).eval()
         self.tokenizer = tokenizer.to(device).eval()
         self.image_features = image_features
         self.heads = heads
         self.device = device
-        self.precision = precision
+        self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self._check_sizes()
@@ -182,7 +162,7 @@ class LEA:
         out = []
         steps = list(_chunks(len(x), self.batch_size))
         for sl in self._bar(steps, "fMRI encoder", len(steps)):
-            with autocast(self.precision, self.device):
+            with autocast(self.device, self.dtype):
                 z = self.fmri_ae.encode(x[sl].to(self.device))  # [B, 1, Df]
             out.append(z[:, 0].float().cpu())  # [B, Df]
         return torch.cat(out)  # [N, Df]
@@ -215,7 +195,7 @@ class LEA:
         images = []
         for sl in self._bar(steps, "decoding", len(steps)):
             cond = features[sl].to(self.device)  # [b, Di]
-            with autocast(self.precision, self.device):
+            with autocast(self.device, self.dtype):
                 tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
                                                schedule=sampling.schedule,
                                                choice_temperature=sampling.choice_temperature,
@@ -234,7 +214,7 @@ class LEA:
         out = []
         steps = list(_chunks(len(latents), self.batch_size))
         for sl in self._bar(steps, "fMRI decoder", len(steps)):
-            with autocast(self.precision, self.device):
+            with autocast(self.device, self.dtype):
                 x = self.fmri_ae.decode(latents[sl].to(self.device))  # [B, 1, V]
             out.append(x[:, 0].float().cpu())  # [B, V]
         return EncodeResult(fmri=torch.cat(out).numpy(), features=features, fmri_latents=latents)

@@ -9,7 +9,7 @@ import torch
 
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.image_features import build_image_features
-from models.lea import (LEA, check_fmri_fits, load_trained_network, resolve_precision, to_uint8)
+from models.lea import LEA, check_fmri_fits, load_trained_network, to_uint8
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
 from utils.config import AlignConfig, SamplingConfig, to_dict
@@ -148,9 +148,14 @@ def test_voxel_count_mismatch_names_both_counts():
         check_fmri_fits(model, [5, 8, 4], "ckpt.pt", "sbj_1")
 
 
-def test_precision_and_pixels():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+def test_bf16_decode_runs_and_keeps_shapes(lea):
+    lea.dtype = torch.bfloat16
+    fmri = np.random.default_rng(5).normal(size=(3, sum(ROI_PATCH))).astype(np.float32)
+    out = lea.decode(fmri, SamplingConfig(steps=2, num_samples=1), torch.Generator().manual_seed(0))
+    assert out.images.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert lea.encode(random_images(3)).fmri.dtype == np.float32
+
+
+def test_pixels_to_uint8():
     pixels = to_uint8(torch.tensor([[[[-0.5, 0.5, 1.5]]]]).expand(1, 3, 1, 3))
     assert pixels.shape == (1, 1, 3, 3) and pixels[0, 0, :, 0].tolist() == [0, 128, 255]

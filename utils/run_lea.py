@@ -31,14 +31,14 @@ from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.alignment import AlignmentHeads
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features
-from models.lea import (LEA, check_fmri_fits, load_trained_network, resolve_device,
-                        resolve_precision)
+from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
 from utils import metrics as M
 from utils.classifier import classifier_or_reason
 from utils.config import LEAConfig, load_config, save_config
 from utils.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
 from utils.io import atomic_save_npy, file_sha256, new_run_dir
+from utils.precision import precision_name, resolve_precision
 from utils.report import SubjectReport, write_run_report, write_subject_report
 from utils.visualisation import fmri_scatter, sample_grid, save_image_files, save_png
 
@@ -90,7 +90,8 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="rows per network call; generation counts trials x samples")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
+                   help="compute precision; auto = bf16 where the device runs it natively (recent CUDA GPUs, CPUs with "
+                        "AVX512-BF16 or AMX), else fp32")
     p.add_argument("--seed", type=int, help="seed of the sampling generator (SEED)")
     p.add_argument("--out", help="results root; each run makes a new sub-folder (OUT_DIR)")
     p.add_argument("--classifier-weights", default=None,
@@ -289,7 +290,7 @@ def checkpoint_record(path: Path) -> dict[str, str]:
 
 
 def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
-                device: torch.device, precision: str, classifier, classifier_reason, progress: bool,
+                device: torch.device, dtype: torch.dtype | None, classifier, classifier_reason, progress: bool,
                 log) -> SubjectReport:
     data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
                         config_file=config_path)
@@ -299,7 +300,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     tokenizer = load_trained_network("tokenizer", paths["tokenizer"])
     maskgit = load_trained_network("maskgit", paths["maskgit"])
     features = feature_function(extractor, cfg.features.cache_dir, progress)
-    lea = LEA(fmri_ae, maskgit, tokenizer, features, device=device, precision=precision,
+    lea = LEA(fmri_ae, maskgit, tokenizer, features, device=device, dtype=dtype,
               batch_size=cfg.batch_size, progress=progress)
 
     folder = run_dir / subject
@@ -352,7 +353,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
-        "seed": cfg.seed, "device": str(device), "precision": precision,
+        "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
         "restandardize": cfg.align.restandardize,
@@ -401,18 +402,18 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
         prepare_demo(cfg, spec, progress=progress, log=log)
     preflight(cfg, spec, args.demo)
     device = resolve_device(args.device)
-    precision = resolve_precision(cfg.precision, device)
+    dtype = resolve_precision(cfg.precision, device)
     extractor = build_image_features_from_config(cfg.features)
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
-        reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, precision,
+        reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
                                    classifier, classifier_reason, progress, log))
         log(f"{subject}: {headline(reports[-1])}")
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
-                "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision,
+                "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),
                 "seconds": round(time.time() - started, 1), "command": " ".join([spec.script, *sys.argv[1:]])}
     write_run_report(run_dir, reports, cfg.name, run_info)
     log(f"done in {time.time() - started:.0f} s")
