@@ -33,7 +33,6 @@ from models.alignment import AlignmentHeads
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features
 from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
 from utils import metrics as M
-from utils.classifier import classifier_or_reason
 from utils.config import LEAConfig, load_config, save_config
 from utils.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
@@ -393,7 +392,7 @@ def headline(report: SubjectReport) -> str:
     return "; ".join(parts[:6])
 
 
-def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
+def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
     progress = not args.no_progress
@@ -404,6 +403,8 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
     extractor = build_image_features_from_config(cfg.features)
+    from utils.classifier import classifier_or_reason  # torchvision models: imported only here
+
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
     save_config(cfg, run_dir / "config.yaml")
@@ -414,7 +415,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
         log(f"{subject}: {headline(reports[-1])}")
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
                 "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),
-                "seconds": round(time.time() - started, 1), "command": " ".join([spec.script, *sys.argv[1:]])}
+                "seconds": round(time.time() - started, 1), "command": " ".join(["python", spec.script, *argv])}
     write_run_report(run_dir, reports, cfg.name, run_info)
     log(f"done in {time.time() - started:.0f} s")
     log(f"results: {run_dir}  (open {run_dir / 'index.html'})")
@@ -423,9 +424,10 @@ def run(args: argparse.Namespace, spec: ScriptSpec) -> Path:
 
 def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
     try:
-        run(args, spec)
+        run(args, spec, argv)
     except LEAError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
