@@ -22,7 +22,7 @@ per forward of R rows of L = N + 1 tokens, width C, MLP width M, K codebook logi
 LayerNorm, GELU, softmax, embeddings and sampling are not counted.
 
 Usage: python bench/bench_inference.py [--batch 4] [--samples 2] [--steps 11] [--device cpu|cuda]
-       [--dataset GOD|BOLD] [--precision auto|fp32|bf16] [--compile] [--seed 0]
+       [--dataset GOD|BOLD] [--precision auto|fp32|bf16] [--compile] [--profile] [--seed 0]
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ ROI_PATCH = {"GOD": (1004, 801, 476, 588, 431, 249, 157, 760),
              "BOLD": (495, 342, 288, 331, 229)}
 MATMUL_SIZE = 2048  # side of the square matmuls that measure the peak rate
 MATMUL_REPEATS = 5
+PROFILE_TOP = 10  # operators listed by --profile
 NUM_TRAIN_PAIRS = 1200  # random pairs the ridge heads are fitted on
 GIGA = 1e9
 MIB = 2 ** 20
@@ -286,7 +287,8 @@ def run_path(nets: Networks, x: Inputs, s: Settings, decode: Callable, encode: C
     device = x.fmri.device
     memory = PeakMemory(device)
     timer, enc_timer = Timer(device), Timer(device)
-    with torch.inference_mode(), attention_implementation(attention):
+    # no_grad, not inference_mode: under inference_mode autocast re-casts every weight at every call
+    with torch.no_grad(), attention_implementation(attention):
         warm_up(nets, x, s, *generate_rows)
         memory.start()
         forwards = ForwardTimer(nets.maskgit, device)
@@ -313,6 +315,21 @@ def warm_up(nets: Networks, x: Inputs, s: Settings, trials: int, samples: int) -
 
 
 # ---------------------------------------------------------------- report
+
+def profile_forward(nets: Networks, x: Inputs, s: Settings, rows: int, top: int = PROFILE_TOP) -> None:
+    """Print the `top` operators by self CPU time of one MaskGIT forward over `rows` rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.full((rows, nets.maskgit.config.num_tokens), nets.maskgit.mask_token_id, device=x.fmri.device)
+    cond = x.features[:1].expand(rows, -1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.fmri.device.type == "cuda" else [])
+    with torch.no_grad(), autocast(x.fmri.device, s.dtype):
+        nets.maskgit(ids, cond)
+        with profile(activities=activities) as prof:
+            nets.maskgit(ids, cond)
+    print(f"profile of one default-path transformer forward ({rows} rows):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
 
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
@@ -360,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="precision of the default path (the baseline is always fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the MaskGIT transformer "
                         "in the default path (compile time is excluded from the timings and printed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table of one default-path transformer forward")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.batch < 2:
@@ -400,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                         base, args.batch, args.samples, peak_bf16, peak_fp32, None)
     fast_s = print_path(f"(b) default: batched, SDPA, {precision_name(dtype)}, channels_last VQGAN",
                         fast, args.batch, args.samples, peak_bf16, peak_fp32, dtype)
+    if args.profile:
+        profile_forward(nets, x, Settings(args.samples, args.steps, dtype, args.seed), args.batch * args.samples)
     print(f"encode speedup: {base.encode_seconds / fast.encode_seconds:.2f}")
     print(f"speedup: {base_s / fast_s:.2f}")
 

@@ -4,6 +4,7 @@
 - `multi_head_attention`: split heads, attend, merge heads. The kernel is chosen by
   `attention_implementation(...)`: 'sdpa' (`F.scaled_dot_product_attention`, the default) or 'math'
   (softmax(q k^T * scale) v written out, as the authors' release computes it; kept for comparisons).
+- `to_autocast_dtype`: cast an activation once to the autocast compute dtype.
 - `ViTBlock`: pre-norm transformer block whose parameter names (`norm1`, `attn.qkv`, `attn.proj`,
   `norm2`, `mlp.fc1`, `mlp.fc2`) match timm's ViT `Block`, so MAE-style checkpoints load by name.
 """
@@ -88,6 +89,18 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_
     else:
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(B, N, C)  # [B, N, C]
+
+
+def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x cast to the autocast compute dtype of its device when autocast is on there, else x.
+
+    Casting an activation once before several projections saves the per-call cast autocast would do.
+    """
+    device_type = x.device.type
+    if (x.is_floating_point() and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
 
 
 class FusedQKVAttention(nn.Module):

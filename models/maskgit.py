@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import multi_head_attention
+from models.layers import multi_head_attention, to_autocast_dtype
 from utils.errors import ConfigError, DataError, describe
 
 LAYER_NORM_EPS = 1e-12  # LayerNorm eps inside the layers and the head (BERT convention)
@@ -110,13 +110,11 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]. The three input projections run as one matmul with the
-        weights concatenated on the fly (the parameters stay separate)."""
+        """x: [B, N, C] -> [B, N, C]."""
         dropout_p = self.drop if self.training else 0.0
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3C, C]
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3C]
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # 3 x [B, N, C]
-        return self.proj(multi_head_attention(q, k, v, self.num_heads, dropout_p))
+        x = to_autocast_dtype(x)  # one cast for the three projections instead of one each
+        out = multi_head_attention(self.query(x), self.key(x), self.value(x), self.num_heads, dropout_p)
+        return self.proj(out)
 
 
 class PostNormLayer(nn.Module):

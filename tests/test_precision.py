@@ -16,7 +16,7 @@ import torch
 import utils.precision as precision
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.layers import (attention_implementation, get_attention_implementation, math_attention,
-                           multi_head_attention)
+                           multi_head_attention, to_autocast_dtype)
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from utils.errors import ConfigError
 
@@ -99,6 +99,16 @@ def test_autocast_is_a_no_op_for_fp32():
     with precision.autocast(CPU, torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
     assert precision.precision_name(None) == "fp32" and precision.precision_name(torch.bfloat16) == "bf16"
+
+
+def test_to_autocast_dtype_casts_only_under_autocast():
+    x = torch.randn(3, 4)
+    assert to_autocast_dtype(x) is x
+    with precision.autocast(CPU, torch.bfloat16):
+        assert to_autocast_dtype(x).dtype == torch.bfloat16
+        assert to_autocast_dtype(torch.ones(2, dtype=torch.long)).dtype == torch.long
+    meta = torch.empty(2, device="meta")
+    assert to_autocast_dtype(meta) is meta  # no autocast on meta: unchanged, no error
 
 
 # ---------------------------------------------------------------- bf16 quality guard
