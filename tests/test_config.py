@@ -84,6 +84,7 @@ def test_overrides_are_typed(tmp_path):
     p = write(tmp_path, "KIND: lea\n")
     cfg = load_config(p, ["Sampling.steps=4", "Align.restandardize=false", "Data.subjects=[sbj_2]"])
     assert cfg.sampling.steps == 4 and cfg.align.restandardize is False and cfg.data.subjects == ["sbj_2"]
+    assert load_config(p, ["Align.decode_alpha=2e-3"]).align.decode_alpha == 2e-3  # YAML 1.1 leaves it a string
     with pytest.raises(ConfigError, match="Sampling.steps"):
         load_config(p, ["Sampling.steps=four"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):

@@ -273,11 +273,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _is_number(value: Any) -> bool:
+    """int/float, or a string such as '2e-3' that YAML 1.1 leaves unparsed."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
+
+
 # Scalar types a config field may have: (accepts the YAML value?, what the error says was expected).
 _SCALARS: dict[type, tuple[Any, str]] = {
     bool: (lambda v: isinstance(v, bool), "true/false"),
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    float: (lambda v: _is_number(v), "a number"),
     str: (lambda v: isinstance(v, str), "a string"),
 }
 
@@ -322,7 +335,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         accepts, expected = _SCALARS[tp]
         if not accepts(value):
             raise ConfigError(f"{where}: expected {expected}, found {value!r}")
-        return float(value) if tp is float else value
+        return float(value) if tp is float else value  # YAML 1.1 reads `2e-3` as a string
     return value
 
 
