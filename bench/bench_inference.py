@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import resource
 import sys
@@ -331,6 +332,11 @@ def profile_forward(nets: Networks, x: Inputs, s: Settings, rows: int, top: int 
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
+def load_average() -> str:
+    """1-minute load average (other processes on the machine distort the timings)."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -393,10 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"setup: {args.dataset} ({sum(ROI_PATCH[args.dataset])} voxels), {args.batch} trials x "
           f"{args.samples} samples, {args.steps} steps; default precision {args.precision} -> "
           f"{precision_name(dtype)}; compile {args.compile}")
-    peak_fp32 = matmul_peak(device, torch.float32)
-    peak_bf16 = matmul_peak(device, torch.bfloat16)
-    print(f"matmul peak ({MATMUL_SIZE}^2, best of {MATMUL_REPEATS}): fp32 {peak_fp32:.1f} GFLOP/s, "
-          f"bf16 {peak_bf16:.1f} GFLOP/s ({peak_bf16 / peak_fp32:.2f}x)")
+    peaks = [(matmul_peak(device, torch.float32), matmul_peak(device, torch.bfloat16))]
+    print(f"matmul peak ({MATMUL_SIZE}^2, best of {MATMUL_REPEATS}) at the start: fp32 {peaks[0][0]:.1f} GFLOP/s, "
+          f"bf16 {peaks[0][1]:.1f} GFLOP/s ({peaks[0][1] / peaks[0][0]:.2f}x); load {load_average()}")
 
     start = time.perf_counter()
     nets = build_networks(args.dataset, device, args.seed)
@@ -405,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
 
     base = run_path(nets, x, Settings(args.samples, args.steps, None, args.seed),
                     baseline_decode, baseline_encode, attention="math", generate_rows=(1, 1))
+    print(f"baseline done; load {load_average()}")
     nets.vqgan.to(memory_format=torch.channels_last)
     if args.compile:
         nets.maskgit.compile(dynamic=False)
@@ -413,8 +419,11 @@ def main(argv: list[str] | None = None) -> None:
                     default_decode, default_encode, attention="sdpa",
                     generate_rows=(args.batch, args.samples))
     print(f"default path set-up (warm-up{' and compile' if args.compile else ''}) and run: "
-          f"{time.perf_counter() - start:.1f} s")
-
+          f"{time.perf_counter() - start:.1f} s; load {load_average()}")
+    peaks.append((matmul_peak(device, torch.float32), matmul_peak(device, torch.bfloat16)))
+    peak_fp32, peak_bf16 = max(p[0] for p in peaks), max(p[1] for p in peaks)
+    print(f"matmul peak at the end: fp32 {peaks[1][0]:.1f} GFLOP/s, bf16 {peaks[1][1]:.1f} GFLOP/s; "
+          f"fractions below use the higher of start and end: fp32 {peak_fp32:.1f}, bf16 {peak_bf16:.1f}")
     base_s = print_path("(a) baseline: release data flow, fp32, math attention",
                         base, args.batch, args.samples, peak_bf16, peak_fp32, None)
     fast_s = print_path(f"(b) default: batched, SDPA, {precision_name(dtype)}, channels_last VQGAN",
