@@ -10,6 +10,10 @@ Everything lives at fixed places so that a second demo run reuses it:
 Each weight is trained by `train.py` into its own time-stamped run folder; its
 final file is then linked to the stable path only when nothing is there yet, so
 an existing demo weight is never replaced.
+
+The demo networks are small: their matrix products are too short to share between CPU threads,
+and a second thread that must wait for a busy core slows every step many times over. The demo
+therefore runs torch on one CPU thread unless OMP_NUM_THREADS says otherwise.
 """
 from __future__ import annotations
 
@@ -28,6 +32,19 @@ DEMO_SCALE = "demo"
 STAGE_CONFIGS = {"tokenizer": "configs/demo/tokenizer.yaml", "maskgit": "configs/demo/maskgit.yaml"}
 FMRI_STAGE_CONFIGS = {"GOD": "configs/demo/fmri_GOD.yaml", "BOLD5000": "configs/demo/fmri_BOLD.yaml"}
 FINAL_FILES = {"fmri": "fmri_autoencoder.pt", "tokenizer": "tokenizer.pt", "maskgit": "maskgit.pt"}
+DEMO_CPU_THREADS = 1
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def set_demo_threads(log: Callable[[str], None]) -> None:
+    """One torch CPU thread for the demo, unless OMP_NUM_THREADS is set (then torch follows it)."""
+    import torch
+
+    if os.environ.get(THREADS_ENV):
+        log(f"demo: {THREADS_ENV}={os.environ[THREADS_ENV]}; torch uses {torch.get_num_threads()} CPU thread(s)")
+        return
+    torch.set_num_threads(DEMO_CPU_THREADS)
+    log(f"demo: torch uses {DEMO_CPU_THREADS} CPU thread (set {THREADS_ENV} to change)")
 
 
 def place_without_overwrite(source: Path, target: Path) -> bool:
@@ -97,6 +114,7 @@ def ensure_data(cfg: LEAConfig, progress: bool, log: Callable[[str], None]) -> N
 
 def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str], None] = print) -> None:
     """Make sure the demo data and every demo weight the config names exist."""
+    set_demo_threads(log)
     ensure_data(cfg, progress, log)
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
