@@ -316,10 +316,13 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         records["align"] = checkpoint_record(paths["align"])
         align_source = str(paths["align"])
     else:
+        alphas = (f"alphas by {cfg.align.cv_folds}-fold CV over {cfg.align.alphas}" if cfg.align.alphas else
+                  f"decode alpha {cfg.align.decode_alpha}, encode alpha {cfg.align.encode_alpha}")
         log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
-            f"{len(data.train_fmri)} training trials (ridge, decode alpha {cfg.align.decode_alpha}, "
-            f"encode alpha {cfg.align.encode_alpha})")
+            f"{len(data.train_fmri)} training trials (ridge, {alphas})")
         lea.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
+        chosen = lea.heads.describe()
+        log(f"{subject}: alignment alphas: decode {chosen['decode_alpha']}, encode {chosen['encode_alpha']}")
         saved = lea.heads.save(folder / "align.pt")
         records["align"] = checkpoint_record(saved)
         align_source = f"fitted on the training set, saved to {subject}/align.pt"
