@@ -337,11 +337,18 @@ def cached_features(extractor: ImageFeatureExtractor, images_uint8: np.ndarray |
         if cached.shape != (n, extractor.dim):
             raise DataError(describe(path, f"cached features of shape [{n}, {extractor.dim}]", list(cached.shape)))
         return torch.from_numpy(cached)
-    chunks = []
-    for start in tqdm(range(0, n, batch_size), desc=f"{extractor.name} features ({key})",
-                      disable=not progress, leave=False):
-        batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # [b, 3, H, W]
-        chunks.append(extractor(batch.float() / 255.0).float().cpu())                   # [b, dim]
-    feats = torch.cat(chunks) if chunks else torch.zeros(0, extractor.dim)
+    feats = features_of(extractor, images, batch_size, desc=f"{extractor.name} features ({key})",
+                        progress=progress)
     atomic_save_npy(path, feats.numpy())
     return feats
+
+
+def features_of(extractor: ImageFeatureExtractor, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                desc: str = "image features", progress: bool = False) -> torch.Tensor:
+    """Features `[N, dim]` (float32, CPU) of uint8 RGB images `[N, H, W, 3]`, in batches, in memory."""
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+        batch = batch.permute(0, 3, 1, 2)                                # [b, 3, H, W]
+        chunks.append(extractor(batch.float() / 255.0).float().cpu())    # [b, dim]
+    return torch.cat(chunks) if chunks else torch.zeros(0, extractor.dim)

@@ -30,7 +30,7 @@ from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.alignment import AlignmentHeads
-from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features
+from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
 from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
 from utils import metrics as M
 from utils.config import LEAConfig, load_config, save_config
@@ -270,18 +270,8 @@ def feature_function(extractor: ImageFeatureExtractor, cache_dir: str | None, pr
     def features(images: np.ndarray) -> torch.Tensor:
         if cache_dir:
             return cached_features(extractor, images, cache_dir, FEATURE_CACHE_KEY, progress=progress)
-        return features_in_memory(extractor, images)
+        return features_of(extractor, images)
     return features
-
-
-def features_in_memory(extractor: ImageFeatureExtractor, images: np.ndarray,
-                              batch_size: int = 32) -> torch.Tensor:
-    """Features of uint8 images [N, H, W, 3] without touching the disk: [N, D]."""
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)  # [b, 3, H, W]
-        chunks.append(extractor(batch.float() / 255.0).float().cpu())
-    return torch.cat(chunks)
 
 
 def checkpoint_record(path: Path) -> dict[str, str]:
@@ -342,7 +332,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     save_image_files(folder / "images", gt, images)
 
     log(f"{subject}: scoring")
-    decoded_feats = features_in_memory(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
+    decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
     decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
     metrics = {
