@@ -113,6 +113,6 @@ def test_release_config_rejects_unsupported_options():
     assert VQGANConfig.from_release_config(release).token_grid == 16
 
 
-def test_inconsistent_codebook_width_is_a_config_error():
+def test_inconsistent_codebook_width_is_refused():
     with pytest.raises(ConfigError, match="dim_codebook"):
         tiny_config(dim_codebook=8)
