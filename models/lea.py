@@ -159,13 +159,18 @@ class LEA:
     def fmri_latents(self, fmri: np.ndarray) -> torch.Tensor:
         """fMRI [N, V] (normalised) -> latents z_f [N, Df] (float32, CPU); one encoder pass per row."""
         x = torch.as_tensor(np.asarray(fmri, dtype=np.float32))
+        return self._batched(self.fmri_ae.encode, x, "fMRI encoder")  # [N, Df]
+
+    def _batched(self, network: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor,
+                 desc: str) -> torch.Tensor:
+        """Apply `network` ([B, ...] -> [B, 1, D]) in chunks of batch_size rows: [N, D] float32 on the CPU."""
         out = []
-        steps = list(_chunks(len(x), self.batch_size))
-        for sl in self._bar(steps, "fMRI encoder", len(steps)):
+        steps = list(_chunks(len(rows), self.batch_size))
+        for sl in self._bar(steps, desc, len(steps)):
             with autocast(self.device, self.dtype):
-                z = self.fmri_ae.encode(x[sl].to(self.device))  # [B, 1, Df]
-            out.append(z[:, 0].float().cpu())  # [B, Df]
-        return torch.cat(out)  # [N, Df]
+                y = network(rows[sl].to(self.device))  # [B, 1, D]
+            out.append(y[:, 0].float().cpu())  # [B, D]
+        return torch.cat(out)  # [N, D]
 
     def fit_alignment(self, train_fmri: np.ndarray, train_images: np.ndarray,
                       train_image_index: np.ndarray, align: AlignConfig) -> AlignmentHeads:
@@ -211,10 +216,5 @@ class LEA:
         heads = self._require_heads()
         features = self.image_features(images)  # [T, Di]
         latents = heads.encode(features.double()).float()  # [T, Df], whole test set at once
-        out = []
-        steps = list(_chunks(len(latents), self.batch_size))
-        for sl in self._bar(steps, "fMRI decoder", len(steps)):
-            with autocast(self.device, self.dtype):
-                x = self.fmri_ae.decode(latents[sl].to(self.device))  # [B, 1, V]
-            out.append(x[:, 0].float().cpu())  # [B, V]
-        return EncodeResult(fmri=torch.cat(out).numpy(), features=features, fmri_latents=latents)
+        fmri = self._batched(self.fmri_ae.decode, latents, "fMRI decoder")  # [T, V]
+        return EncodeResult(fmri=fmri.numpy(), features=features, fmri_latents=latents)

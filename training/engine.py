@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_object, unwrap_model,
+from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_object,
                                   wrap_model)
 from training.logger import RunLogger
 from training.optim import build_optimizer, build_scheduler, param_groups
@@ -77,6 +77,22 @@ class Stage:
     def final_artifact(self, module: TrainModule) -> tuple[str, dict]:
         """(file name, model-only payload) that inference loads."""
         raise NotImplementedError
+
+    def model_file(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """The keys every final model file has (models/lea.py reads them), plus stage-specific ones."""
+        return {"model": model.state_dict(), "kind": self.kind, "model_config": to_dict(self.config.model),
+                "config": to_dict(self.config), **extra}
+
+
+def single_stage_builders(stage_cls: type, values: dict, source: str) -> list[Callable[[Callable[[str], None]], Stage]]:
+    """`train.py`'s builder list for a stage that trains one network from the whole config."""
+    from utils.config import config_from_dict
+
+    def build(log: Callable[[str], None]) -> Stage:
+        cfg = config_from_dict(values, source, kind=stage_cls.kind)
+        seed_everything(cfg.seed)
+        return stage_cls(cfg, source, log)
+    return [build]
 
 
 # ---------------------------------------------------------------------------

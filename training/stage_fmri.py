@@ -38,7 +38,7 @@ from models.checkpoints import (MINDVIS_HINT, load_mindvis_fmri_encoder, load_re
 from models.fmri_autoencoder import FMRIAutoencoder
 from models.image_features import build_image_features_from_config, cached_features
 from training.engine import Stage, TrainModule, seed_everything
-from utils.config import DataConfig, FeatureConfig, FMRIConfig, build, config_from_dict, to_dict
+from utils.config import DataConfig, FeatureConfig, FMRIConfig, build, config_from_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_write_bytes
 
@@ -252,12 +252,10 @@ class FMRIStage(Stage):
 
     def final_artifact(self, module: FMRITrainModule) -> tuple[str, dict[str, Any]]:
         d = self.data
-        return FINAL_NAME, {
-            "model": module.model.state_dict(), "kind": KIND, "model_config": to_dict(self.config.model),
-            "config": to_dict(self.config), "dataset": d.dataset, "subject": d.subject,
-            "roi_patch": list(d.roi_patch), "roi_names": list(d.roi_names), "num_voxels": d.num_voxels,
-            "norm_mean": d.norm_mean, "norm_std": d.norm_std,
-            "objective": "masked" if self.masked else "autoencoder"}
+        return FINAL_NAME, self.model_file(
+            module.model, dataset=d.dataset, subject=d.subject, roi_patch=list(d.roi_patch),
+            roi_names=list(d.roi_names), num_voxels=d.num_voxels, norm_mean=d.norm_mean, norm_std=d.norm_std,
+            objective="masked" if self.masked else "autoencoder")
 
 
 def fmri_strip_png(truth: torch.Tensor, recon: torch.Tensor) -> bytes:

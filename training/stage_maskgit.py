@@ -30,12 +30,12 @@ from torch.utils.data import Dataset
 from models.checkpoints import load_release_checkpoint, safe_torch_load
 from models.maskgit import MaskGITTransformer, mask_schedule
 from models.vqgan import VQGAN, VQGANConfig
-from training.engine import Stage, TrainModule, seed_everything
+from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.stage_fmri import image_features
 from training.stage_tokenizer import (KIND as TOKENIZER_KIND, check_image_size, load_tokenizer_weights,
                                       resize_images, stimulus_images)
-from utils.config import MaskGITStageConfig, build, config_from_dict, load_config, to_dict
+from utils.config import MaskGITStageConfig, build, load_config, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_save_npy, file_sha256
 
@@ -171,16 +171,11 @@ class MaskGITStage(Stage):
                         nrow=len(images))
 
     def final_artifact(self, module: MaskGITTrainModule) -> tuple[str, dict[str, Any]]:
-        return FINAL_NAME, {"model": module.model.state_dict(), "kind": KIND,
-                            "model_config": to_dict(self.config.model), "config": to_dict(self.config),
-                            "tokenizer": {"path": self.config.init.tokenizer,
-                                          "sha256": file_sha256(self.config.init.tokenizer)},
-                            "features": to_dict(self.config.features)}
+        return FINAL_NAME, self.model_file(
+            module.model, tokenizer={"path": self.config.init.tokenizer,
+                                     "sha256": file_sha256(self.config.init.tokenizer)},
+            features=to_dict(self.config.features))
 
 
 def stage_builders(values: dict, source: str) -> list[Callable[[Callable[[str], None]], MaskGITStage]]:
-    def build_stage(log: Callable[[str], None]) -> MaskGITStage:
-        cfg = config_from_dict(values, source, kind=KIND)
-        seed_everything(cfg.seed)
-        return MaskGITStage(cfg, source, log)
-    return [build_stage]
+    return single_stage_builders(MaskGITStage, values, source)

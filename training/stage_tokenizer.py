@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.data import Dataset
@@ -32,11 +31,11 @@ from datasets.common import SubjectData
 from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
 from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
 from models.vqgan import VQGAN, VQGANConfig
-from training.engine import Stage, TrainModule, seed_everything
+from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.optim import param_groups
 from training.stage_fmri import load_stage_subject
-from utils.config import DataConfig, TokenizerConfig, TrainConfig, config_from_dict, to_dict
+from utils.config import DataConfig, TokenizerConfig, TrainConfig, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 
 KIND = "tokenizer"
@@ -191,15 +190,9 @@ class TokenizerStage(Stage):
         save_image_grid(torch.cat([images, recon]), out_dir / f"step_{step:06d}.png", nrow=len(images))
 
     def final_artifact(self, module: TokenizerTrainModule) -> tuple[str, dict[str, Any]]:
-        return FINAL_NAME, {"model": module.vqgan.state_dict(), "kind": KIND,
-                            "model_config": to_dict(self.config.model), "config": to_dict(self.config),
-                            "resolution": self.config.model.resolution,
-                            "token_grid": self.config.model.token_grid}
+        return FINAL_NAME, self.model_file(module.vqgan, resolution=self.config.model.resolution,
+                                           token_grid=self.config.model.token_grid)
 
 
 def stage_builders(values: dict, source: str) -> list[Callable[[Callable[[str], None]], TokenizerStage]]:
-    def build(log: Callable[[str], None]) -> TokenizerStage:
-        cfg = config_from_dict(values, source, kind=KIND)
-        seed_everything(cfg.seed)
-        return TokenizerStage(cfg, source, log)
-    return [build]
+    return single_stage_builders(TokenizerStage, values, source)
