@@ -20,12 +20,14 @@ import torch
 import torch.nn as nn
 
 from models.layers import ViTBlock, sincos_positions_1d
+from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
 CONV_KERNEL = 3  # kernel of the per-ROI Conv1d and of decoder_pred
 INIT_STD = 0.02  # std of the normal init of Conv1d weights and of cls / mask tokens
 
 
+@register_model_config("fmri_autoencoder")
 @dataclass
 class FMRIAutoencoderConfig:
     roi_patch: tuple[int, ...] = ()  # voxels per ROI group, in voxel-vector order; () = not yet read from the data

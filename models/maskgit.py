@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.layers import multi_head_attention, to_autocast_dtype
+from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
 LAYER_NORM_EPS = 1e-12  # LayerNorm eps inside the layers and the head (BERT convention)
@@ -26,6 +27,7 @@ INIT_STD = 0.02  # std of the truncated-normal init of Linear and Embedding weig
 EPS = 1e-20  # floor inside logs of probabilities and uniform noise
 
 
+@register_model_config("maskgit")
 @dataclass
 class MaskGITConfig:
     num_codebook: int = 1024

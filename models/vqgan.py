@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
 NUM_GROUPS = 32  # GroupNorm groups
@@ -29,6 +30,7 @@ RELEASE_FIXED_FIELDS = {"norm_mode": "gn", "use_spectral_norm": False, "sample_w
                         "use_preconv": False, "norm_codebook": False}
 
 
+@register_model_config("tokenizer")
 @dataclass
 class VQGANConfig:
     resolution: int = 256

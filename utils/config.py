@@ -240,14 +240,29 @@ class LEAConfig(_Header):
     out_dir: str = _section("OUT_DIR", default="results")
 
 
-def _model_schemas() -> dict[str, type]:
-    """Model dataclasses per KIND (imported lazily: models import torch)."""
-    from models.fmri_autoencoder import FMRIAutoencoderConfig
-    from models.maskgit import MaskGITConfig
-    from models.vqgan import VQGANConfig
+# Model dataclasses per KIND. Each network module registers its own (`register_model_config`),
+# so this ground-floor module never imports the networks; `models/__init__.py` imports all of them.
+MODEL_KINDS = ("fmri_autoencoder", "tokenizer", "maskgit")
+_MODEL_SCHEMAS: dict[str, type] = {}
 
-    return {"fmri_autoencoder": FMRIAutoencoderConfig, "tokenizer": VQGANConfig,
-            "maskgit": MaskGITConfig}
+
+def register_model_config(kind: str):
+    """Class decorator: the dataclass that validates the `Model:` section of configs of `kind`."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"register_model_config: kind expected one of {MODEL_KINDS}, found {kind!r}")
+
+    def register(cls: type) -> type:
+        _MODEL_SCHEMAS[kind] = cls
+        return cls
+
+    return register
+
+
+def _model_schema(kind: str) -> type:
+    if kind not in _MODEL_SCHEMAS:
+        raise RuntimeError(f"no Model schema registered for KIND '{kind}': import the `models` package "
+                           "before reading a training-stage config")
+    return _MODEL_SCHEMAS[kind]
 
 
 KINDS: dict[str, type] = {
@@ -424,8 +439,8 @@ def config_from_dict(values: dict, source: str = "<config>", kind: str | None = 
     cls = KINDS[kind]
     model_values = values.pop("Model", None)
     cfg = build(cls, values, source)
-    if kind in ("fmri_autoencoder", "tokenizer", "maskgit"):
-        schema = _model_schemas()[kind]
+    if kind in MODEL_KINDS:
+        schema = _model_schema(kind)
         cfg.model = build(schema, model_values or {}, f"{source}: Model",
                           allow_missing=DATA_DERIVED_MODEL_FIELDS)
     elif model_values is not None:

@@ -32,14 +32,14 @@ from datasets.god import GOD_SUBJECTS
 from models.alignment import AlignmentHeads
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
 from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
-from utils import metrics as M
+from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
-from utils.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
+from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
 from utils.io import atomic_save_npy, file_sha256, new_run_dir
 from utils.precision import precision_name, resolve_precision
-from utils.report import SubjectReport, write_run_report, write_subject_report
-from utils.visualisation import fmri_scatter, sample_grid, save_image_files, save_png
+from evaluation.report import SubjectReport, write_run_report, write_subject_report
+from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
 
 DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
@@ -396,7 +396,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path
     device = resolve_device(args.device)
     dtype = resolve_precision(cfg.precision, device)
     extractor = build_image_features_from_config(cfg.features)
-    from utils.classifier import classifier_or_reason  # torchvision models: imported only here
+    from evaluation.classifier import classifier_or_reason  # torchvision models: imported only here
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from utils import classifier as clf
-from utils import metrics as M
+from evaluation import classifier as clf
+from evaluation import metrics as M
 from utils.errors import CheckpointError, ConfigError, DataError
 
 C1 = (0.01 * 255) ** 2  # 6.5025

@@ -13,7 +13,7 @@ from training.logger import read_log
 from training.stage_fmri import voxel_patch_ids
 from utils.errors import CheckpointError, ConfigError
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo"
 TINY_FMRI = ["Model.patch_size=4", "Model.embed_dim=32", "Model.num_heads=2", "Model.encoder_depth=1",
              "Model.decoder_embed_dim=32", "Model.decoder_num_heads=2", "Model.decoder_depth=1",
              "Model.latent_dim=32", "Features.dim=32"]

@@ -367,7 +367,7 @@ def classifier_n_way(gt_images: ArrayLike, recon_images: ArrayLike,
     """n-way top-1 with an ImageNet classifier (spec §5): labels from the ground truth, probabilities of each sample.
 
     classifier: float images `[B, 3, H, W]` in [0, 1] -> probabilities `[B, C]`
-    (e.g. `utils.classifier.ImageNetClassifier`). Without one the metric is
+    (e.g. `evaluation.classifier.ImageNetClassifier`). Without one the metric is
     returned skipped with `skip_reason`.
     """
     name = f"classifier_{n}way_top1"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from utils.metrics import Metric, summarize, to_csv_rows
+from evaluation.metrics import Metric, summarize, to_csv_rows
 
 CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
 VALUE_DIGITS = 4

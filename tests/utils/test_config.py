@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 
+import models  # noqa: F401  (registers the networks' Model schemas)
 from utils.config import (AlignConfig, LEAConfig, apply_overrides, config_from_dict, load_config,
                           read_yaml, save_config, to_dict)
 from utils.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:

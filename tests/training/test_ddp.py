@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.test_engine import ToyModelConfig, ToyStage, toy_config
+from tests.training.test_engine import ToyModelConfig, ToyStage, toy_config
 from training.distributed import cleanup_distributed, init_distributed
 from training.engine import Trainer, load_checkpoint, start_run_dir
 

@@ -1,0 +1,2 @@
+"""Decoding and encoding with trained weights: the LEA runner behind `LEA_GOD.py` / `LEA_BOLD.py`
+(run_lea.py) and the demo set-up that simulates data and trains missing demo weights (demo.py)."""
