@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -46,7 +46,11 @@ def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
     The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
     read with `torch.load(weights_only=True)`.
     """
-    payload = safe_torch_load(path)
+    return network_from_payload(kind, safe_torch_load(path), path)
+
+
+def network_from_payload(kind: str, payload: Any, path: str | Path) -> torch.nn.Module:
+    """`load_trained_network` on a file already read (`payload`) from `path`."""
     if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(describe(path, f"a model file written by train.py (keys {list(MODEL_FILE_KEYS)})",

@@ -138,9 +138,14 @@ class MaskGITLossConfig:
 
 @dataclass
 class MaskGITInitConfig:
-    checkpoint: Optional[str] = None
-    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"  # trained tokenizer the tokens come from
-    tokenizer_config: Optional[str] = None
+    checkpoint: Optional[str] = None   # our maskgit.pt (or a release transformer) to continue from
+    # MaskGIT's published class-conditional ImageNet-256 transformer (release names or Flax .npz): every
+    # weight but the condition projection `decoder_embed` is taken (models/published.py)
+    transformer: Optional[str] = None
+    # the frozen tokenizer the tokens come from: train.py's tokenizer.pt or its run folder, or MaskGIT's
+    # published ImageNet-256 tokenizer (state dict in release names, or the Flax tree as .npz)
+    tokenizer: str = "pretrains/MaskGIT_ImageNet256_checkpoint.pth"
+    tokenizer_config: Optional[str] = None  # only for a Flax .npz tree whose architecture is not the published one
 
 
 @dataclass
@@ -164,10 +169,16 @@ class AlignConfig:
 
 @dataclass
 class CheckpointPaths:
+    """Weights of the LEA scripts. Each path may be a file, a train.py run folder, a folder of run
+    folders or a run-name prefix (utils/run_files.py); `{subject}` is replaced."""
+
     fmri: str = "checkpoints/fmri/{subject}/fmri_autoencoder.pt"
-    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"
+    tokenizer: str = "pretrains/MaskGIT_ImageNet256_checkpoint.pth"
     maskgit: str = "checkpoints/maskgit/maskgit.pt"
     align: str = "checkpoints/align/{subject}/align.pt"
+    fmri_config: Optional[str] = None     # stage config describing a release fMRI file (it carries none)
+    maskgit_config: Optional[str] = None  # stage config describing a release decoder file (it carries none)
+    accept_mismatch: list[Literal["tokenizer", "features", "align"]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
