@@ -35,7 +35,7 @@ from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, to_dict
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
-from inference.weights import find_alignment, load_subject_weights
+from inference.weights import discard_if_refused, find_alignment, load_subject_weights
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
 from utils.io import atomic_save_npy, file_sha256, new_run_dir
 from utils.run_files import resolve
@@ -301,10 +301,10 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     lea = LEA(weights.fmri_ae, weights.maskgit, weights.tokenizer, features, device=device, dtype=dtype,
               batch_size=cfg.batch_size, progress=progress)
 
-    folder = run_dir / subject
-    folder.mkdir()
     records = weights.records
     heads, align_file, align_checks = find_alignment(paths["align"], records["fmri"], cfg, log)
+    folder = run_dir / subject
+    folder.mkdir()
     if heads is not None:
         paths["align"] = align_file
         if heads.restandardize != cfg.align.restandardize:
@@ -416,8 +416,9 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
-        reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
-                                   classifier, classifier_reason, progress, log))
+        with discard_if_refused(run_dir, first=not reports):
+            reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
+                                       classifier, classifier_reason, progress, log))
         log(f"{subject}: {headline(reports[-1])}")
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
                 "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),

@@ -162,21 +162,35 @@ def flax_transformer_names(depth: int) -> dict[str, tuple[str, str]]:
     return names
 
 
+def _flax_shape(shape: torch.Size, how: str, num_heads: int) -> list[int]:
+    """The Flax shape of a parameter of ours with `shape` (the heads split out as the Flax module does)."""
+    if how == "dense":
+        return [shape[1], shape[0]]
+    if how == "heads_in":
+        return [shape[1], num_heads, shape[0] // num_heads]
+    if how == "heads_bias":
+        return [num_heads, shape[0] // num_heads]
+    if how == "heads_out":
+        return [num_heads, shape[1] // num_heads, shape[0]]
+    return list(shape)
+
+
 def _convert_flax(array: np.ndarray, how: str) -> torch.Tensor:
+    """A Flax parameter (shape already checked) in our layout."""
     t = torch.from_numpy(np.ascontiguousarray(array))
-    if how == "dense" and t.ndim == 2:
+    if how == "dense":
         return t.T.contiguous()                                        # [in, out] -> [out, in]
-    if how == "heads_in" and t.ndim == 3:
+    if how == "heads_in":
         return t.reshape(t.shape[0], -1).T.contiguous()                # [C, H, D] -> [H*D, C]
-    if how == "heads_bias" and t.ndim == 2:
+    if how == "heads_bias":
         return t.reshape(-1)                                           # [H, D] -> [H*D]
-    if how == "heads_out" and t.ndim == 3:
+    if how == "heads_out":
         return t.reshape(-1, t.shape[-1]).T.contiguous()               # [H, D, C] -> [C, H*D]
     return t
 
 
 def flax_transformer_state(tree: Mapping[str, np.ndarray], target: Mapping[str, torch.Tensor], depth: int,
-                           source: str | Path) -> tuple[dict[str, torch.Tensor], list[tuple[str, list[int], str]]]:
+                           num_heads: int, source: str | Path) -> tuple[dict[str, torch.Tensor], list[tuple[str, list[int], str]]]:
     """Google's flattened Flax MaskGIT tree -> our names (every key of `target` but `decoder_embed.*`).
 
     Returns the state dict and the Flax entries left unused. Raises CheckpointError listing every
@@ -196,12 +210,12 @@ def flax_transformer_state(tree: Mapping[str, np.ndarray], target: Mapping[str, 
             problems.append(f"missing     {key}  model {list(ref.shape)} (Flax '{flax}' not in the file)")
             continue
         used.add(flax)
-        tensor = _convert_flax(tree[flax], how)
-        if tensor.shape != ref.shape:
-            problems.append(f"shape       {key}  Flax '{flax}' {list(np.shape(tree[flax]))} -> {list(tensor.shape)} "
-                            f"vs model {list(ref.shape)}")
+        expected = _flax_shape(ref.shape, how, num_heads)
+        if list(np.shape(tree[flax])) != expected:
+            problems.append(f"shape       {key}  Flax '{flax}' {list(np.shape(tree[flax]))} vs expected {expected} "
+                            f"(model {list(ref.shape)}, {num_heads} heads)")
             continue
-        state[key] = tensor.to(ref.dtype)
+        state[key] = _convert_flax(tree[flax], how).to(ref.dtype)
     unused = [(k, list(np.shape(v)), "not a parameter of the conditional transformer")
               for k, v in tree.items() if k not in used]
     layers = [k for k, _, _ in unused if re.match(r"TransformerLayer_\d+/", k)]
@@ -229,7 +243,8 @@ def load_imagenet_transformer(path: str | Path, model: MaskGITTransformer) -> Lo
     target = model.state_dict()
     report = LoadReport(str(path))
     if path.suffix == NPZ_SUFFIX:
-        state, report.ignored = flax_transformer_state(_load_npz(path), target, model.config.depth, path)
+        state, report.ignored = flax_transformer_state(_load_npz(path), target, model.config.depth,
+                                                        model.config.num_heads, path)
     else:
         given = extract_state_dict(safe_torch_load(path), path)
         state = {k: v for k, v in given.items() if not k.startswith(CONDITION_PREFIX)}
