@@ -6,7 +6,7 @@
 1. the file itself;
 2. a run folder holding `<final name>`;
 3. a folder of run folders: the newest run (by the final file's modification time) that holds it;
-4. a run-name prefix `<out_dir>/<name>` (no such path): the newest `<out_dir>/<name>_*/<final name>`;
+4. a run name `<out_dir>/<name>` (no such path): the newest run `<out_dir>/<name>_<date-time>/<final name>`;
 5. a missing `<folder>/<final name>`: the newest `<folder>/*/<final name>` (where `train.py align`
    puts its runs when `Checkpoints.align` is `<folder>/align.pt`).
 
@@ -14,7 +14,10 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+RUN_STAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")   # what utils.io.new_run_dir appends to a run name
 
 
 def _newest_first(files: list[Path]) -> list[Path]:
@@ -35,7 +38,9 @@ def candidates(path: str | Path, final_name: str) -> list[Path]:
         return []
     if path.name == final_name:
         return _newest_first(list(parent.glob(f"*/{final_name}")))
-    return _newest_first(list(parent.glob(f"{path.name}_*/{final_name}")))
+    runs = [f for f in parent.glob(f"{path.name}_*/{final_name}")
+            if RUN_STAMP.fullmatch(f.parent.name[len(path.name) + 1:])]
+    return _newest_first(runs)
 
 
 def resolve(path: str | Path, final_name: str) -> Path:
