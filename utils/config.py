@@ -53,6 +53,7 @@ class DataConfig:
     num_voxel: Optional[int] = None              # None = take from the data
     fmri_drop_rate: float = 0.0                  # fraction of input voxels zeroed while training
     include_test_repeats: bool = False           # also evaluate on non-averaged test trials
+    image_folder: Optional[str] = None           # tokenizer / maskgit: train on this folder's images instead
 
 
 @dataclass

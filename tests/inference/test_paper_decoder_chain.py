@@ -21,6 +21,7 @@ from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
 from tests.inference.test_full_chain import DEMO, TINY
 from tests.models.test_published import to_flax_tree
+from tests.training.test_stimulus_images import write_folder
 from utils.io import file_sha256
 
 STEPS = 3
@@ -49,12 +50,13 @@ def test_frozen_published_tokenizer_imagenet_init_to_lea(sim_root, tmp_path, cap
               "--set", f"Train.save_interval={STEPS}", "--set", "Train.batch_size=4", "--set", "Train.warmup_steps=1",
               "--set", f"Data.path={god}", "--set", cache]
 
-    def run_train(stage: str, config: str, *sets: str):
-        args = [stage, "--config", str(DEMO / config), *common, "--set", f"Train.out_dir={tmp_path / stage}"]
+    def run_train(stage: str, config: str, *sets: str, out: str = ""):
+        folder = tmp_path / (out or stage)
+        args = [stage, "--config", str(DEMO / config), *common, "--set", f"Train.out_dir={folder}"]
         for s in sets:
             args += ["--set", s]
         assert train.main(args) == 0
-        return new_run(tmp_path / stage)
+        return new_run(folder)
 
     maskgit_run = run_train("maskgit", "maskgit.yaml", *TINY["maskgit"], "Model.num_codebook=16",
                             "Model.extra_tokens=10", "Data.subjects=[sbj_1,sbj_2]",
@@ -67,6 +69,14 @@ def test_frozen_published_tokenizer_imagenet_init_to_lea(sim_root, tmp_path, cap
     assert final["tokenizer"]["sha256"] == file_sha256(tokenizer)
     shared = load_subject("GOD", god, "sbj_1").train_images      # both subjects see these: each image once
     assert f"maskgit: {len({im.tobytes() for im in shared})} training images" in out
+
+    # a decoder needs no fMRI: the same recipe on any folder of images
+    write_folder(tmp_path / "imagenet_subset", 12)
+    folder_run = run_train("maskgit", "maskgit.yaml", *TINY["maskgit"], "Model.num_codebook=16",
+                           "Model.extra_tokens=10", f"Data.image_folder={tmp_path / 'imagenet_subset'}",
+                           f"Init.tokenizer={tokenizer}", f"Init.transformer={imagenet}", "Data.flip=false",
+                           out="maskgit_folder")
+    assert "maskgit: 4 training images" in capsys.readouterr().out and (folder_run / "maskgit.pt").is_file()
 
     fmri_run = run_train("fmri", "fmri_GOD.yaml", *TINY["fmri"], "Data.subjects=[sbj_1]")
     assert f"--fmri-ckpt {fmri_run}" in capsys.readouterr().out

@@ -39,3 +39,32 @@ def test_an_image_tested_for_one_subject_never_trains():
     test, test_digests = _unique_images([c])
     train, _ = _unique_images([np.concatenate([a, b]), np.concatenate([b, c, a])], exclude=test_digests)
     assert np.array_equal(train, np.concatenate([a, b])) and np.array_equal(test, c)
+
+
+def write_folder(folder, count: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        sub = folder / ("nested" if i % 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        h, w = (40, 70) if i % 3 else (90, 50)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(sub / f"im{i:02d}.png")
+
+
+def test_any_folder_of_images(tmp_path):
+    import pytest
+    from utils.errors import DataError
+
+    write_folder(tmp_path / "images", 12)
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    train, test, _ = stimulus_images(DataConfig(image_folder=str(tmp_path / "images"), image_size=32), "test")
+    assert train.shape == (4, 32, 32, 3) and test.shape == (8, 32, 32, 3) and train.dtype == np.uint8
+    with pytest.raises(DataError, match="more than 8 distinct images"):
+        write_folder(tmp_path / "few", 5)
+        stimulus_images(DataConfig(image_folder=str(tmp_path / "few"), image_size=32), "test")
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"no jpeg")
+    with pytest.raises(DataError, match="broken.jpg: expected a readable image"):
+        stimulus_images(DataConfig(image_folder=str(tmp_path / "images"), image_size=32), "test")
+    with pytest.raises(DataError, match="no such folder"):
+        stimulus_images(DataConfig(image_folder=str(tmp_path / "none"), image_size=32), "test")
