@@ -59,46 +59,51 @@ def _short(sha: Optional[str]) -> Optional[str]:
     return sha[:SHORT_SHA] if sha else sha
 
 
+def file_check(name: str, what: str, recorded: Mapping[str, Any], path: str | Path, sha: str, how: str,
+               require_record: bool) -> Check:
+    """A recorded {'path', 'sha256'} against the file given (`path`, `sha`); a missing record is
+    'unrecorded', or a mismatch when `require_record`."""
+    status = _status(recorded.get("sha256"), sha)
+    return Check(name, what,
+                 {"path": recorded.get("path"), "sha256": _short(recorded["sha256"])} if recorded.get("sha256") else None,
+                 {"path": str(path), "sha256": _short(sha)},
+                 MISMATCH if require_record and status == UNRECORDED else status, how)
+
+
+def feature_check(name: str, what: str, recorded: Optional[Mapping[str, Any]], features: Mapping[str, Any],
+                  how: str, require_record: bool) -> Check:
+    """Recorded feature settings against the config's Features (compared by `feature_signature`)."""
+    recorded_sig = feature_signature(recorded) if recorded else None
+    given = feature_signature(features)
+    status = _status(recorded_sig, given)
+    return Check(name, what, recorded_sig, given, MISMATCH if require_record and status == UNRECORDED else status, how)
+
+
 def decoder_checks(record: Mapping[str, Any], decoder: str | Path, tokenizer: str | Path, tokenizer_sha: str,
                    features: Mapping[str, Any]) -> list[Check]:
     """Compare a decoder file's `tokenizer` / `features` records with the tokenizer and features given."""
-    tok = record.get("tokenizer") or {}
-    recorded_sha = tok.get("sha256")
-    recorded_feat = record.get("features")
-    given_feat = feature_signature(features)
     return [
-        Check("tokenizer", f"decoder {decoder} vs tokenizer {tokenizer}",
-              {"path": tok.get("path"), "sha256": _short(recorded_sha)} if recorded_sha else None,
-              {"path": str(tokenizer), "sha256": _short(tokenizer_sha)},
-              _status(recorded_sha, tokenizer_sha),
-              "decode with the tokenizer the decoder was trained with (--tokenizer-ckpt), or retrain the "
-              "decoder with this tokenizer (train.py maskgit --set Init.tokenizer=...)"),
-        Check("features", f"decoder {decoder} vs this config's Features",
-              feature_signature(recorded_feat) if recorded_feat else None, given_feat,
-              _status(feature_signature(recorded_feat) if recorded_feat else None, given_feat),
-              "set Features to the decoder's (--set Features.KEY=VALUE), or retrain the decoder with these"),
+        file_check("tokenizer", f"decoder {decoder} vs tokenizer {tokenizer}", record.get("tokenizer") or {},
+                   tokenizer, tokenizer_sha,
+                   "decode with the tokenizer the decoder was trained with (--tokenizer-ckpt), or retrain the "
+                   "decoder with this tokenizer (train.py maskgit --set Init.tokenizer=...)", require_record=False),
+        feature_check("features", f"decoder {decoder} vs this config's Features", record.get("features"), features,
+                      "set Features to the decoder's (--set Features.KEY=VALUE), or retrain the decoder with these",
+                      require_record=False),
     ]
 
 
 def alignment_checks(record: Mapping[str, Any], heads: str | Path, fmri: str | Path, fmri_sha: str,
                      features: Mapping[str, Any]) -> list[Check]:
-    """Compare alignment heads' records with the fMRI checkpoint and features given."""
-    fm = record.get("fmri_checkpoint") or {}
-    recorded_sha = fm.get("sha256")
-    recorded_feat = record.get("features")
-    given_feat = feature_signature(features)
+    """Compare alignment heads' records with the fMRI checkpoint and features given (a missing record
+    is refused like a mismatch)."""
     refit = ("refit the heads (python train.py align ..., or drop --align / Checkpoints.align so that LEA fits "
              "them on the training set)")
-    fmri_status = _status(recorded_sha, fmri_sha)
-    feat_status = _status(feature_signature(recorded_feat) if recorded_feat else None, given_feat)
     return [
-        Check("align", f"alignment heads {heads} vs fMRI checkpoint {fmri}",
-              {"path": fm.get("path"), "sha256": _short(recorded_sha)} if recorded_sha else None,
-              {"path": str(fmri), "sha256": _short(fmri_sha)},
-              MISMATCH if fmri_status == UNRECORDED else fmri_status, refit),
-        Check("align", f"alignment heads {heads} vs this config's Features",
-              feature_signature(recorded_feat) if recorded_feat else None, given_feat,
-              MISMATCH if feat_status == UNRECORDED else feat_status, refit),
+        file_check("align", f"alignment heads {heads} vs fMRI checkpoint {fmri}", record.get("fmri_checkpoint") or {},
+                   fmri, fmri_sha, refit, require_record=True),
+        feature_check("align", f"alignment heads {heads} vs this config's Features", record.get("features"),
+                      features, refit, require_record=True),
     ]
 
 

@@ -127,6 +127,12 @@ def load_frozen_tokenizer(path: str | Path, token_grid: Optional[int] = None,
 # The published ImageNet-256 transformer
 # ---------------------------------------------------------------------------
 
+def _flax_module(names: dict[str, tuple[str, str]], ours: str, flax: str, kind: str) -> None:
+    """Add the weight and bias of one module: kind 'dense' (kernel [in, out]) or 'ln' (scale)."""
+    names[f"{ours}.weight"] = (f"{flax}/kernel", "dense") if kind == "dense" else (f"{flax}/scale", "copy")
+    names[f"{ours}.bias"] = (f"{flax}/bias", "copy")
+
+
 def flax_transformer_names(depth: int) -> dict[str, tuple[str, str]]:
     """Our parameter name -> (Flax path under 'params/', conversion) for a `depth`-layer MaskGIT.
 
@@ -136,13 +142,10 @@ def flax_transformer_names(depth: int) -> dict[str, tuple[str, str]]:
     """
     names = {"token_emb.weight": ("Embed_0/word_embeddings/embedding", "copy"),
              "de_pos_emb.weight": ("Embed_0/position_embeddings/embedding", "copy"),
-             "ln.weight": ("Embed_0/embeddings_ln/scale", "copy"),
-             "ln.bias": ("Embed_0/embeddings_ln/bias", "copy"),
-             "mlps.0.weight": ("MlmLayer_0/mlm_dense/kernel", "dense"),
-             "mlps.0.bias": ("MlmLayer_0/mlm_dense/bias", "copy"),
-             "mlps.2.weight": ("MlmLayer_0/mlm_ln/scale", "copy"),
-             "mlps.2.bias": ("MlmLayer_0/mlm_ln/bias", "copy"),
              "mlps_bias": ("MlmLayer_0/mlm_bias/bias", "copy")}
+    _flax_module(names, "ln", "Embed_0/embeddings_ln", "ln")
+    _flax_module(names, "mlps.0", "MlmLayer_0/mlm_dense", "dense")
+    _flax_module(names, "mlps.2", "MlmLayer_0/mlm_ln", "ln")
     for i in range(depth):
         ours, flax = f"decoder.{i}.", f"TransformerLayer_{i}/"
         attn = f"{flax}Attention_0/self_attention/"
@@ -151,14 +154,11 @@ def flax_transformer_names(depth: int) -> dict[str, tuple[str, str]]:
             names[f"{ours}self_attn.{part}.bias"] = (f"{attn}{part}/bias", "heads_bias")
         names[f"{ours}self_attn.proj.weight"] = (f"{attn}out/kernel", "heads_out")
         names[f"{ours}self_attn.proj.bias"] = (f"{attn}out/bias", "copy")
-        names[f"{ours}norm1.weight"] = (f"{flax}Attention_0/attention_output_ln/scale", "copy")
-        names[f"{ours}norm1.bias"] = (f"{flax}Attention_0/attention_output_ln/bias", "copy")
-        names[f"{ours}linear1.weight"] = (f"{flax}Mlp_0/intermediate_output/kernel", "dense")
-        names[f"{ours}linear1.bias"] = (f"{flax}Mlp_0/intermediate_output/bias", "copy")
-        names[f"{ours}linear2.weight"] = (f"{flax}Mlp_0/layer_output/kernel", "dense")
-        names[f"{ours}linear2.bias"] = (f"{flax}Mlp_0/layer_output/bias", "copy")
-        names[f"{ours}norm2.weight"] = (f"{flax}Mlp_0/layer_output_ln/scale", "copy")
-        names[f"{ours}norm2.bias"] = (f"{flax}Mlp_0/layer_output_ln/bias", "copy")
+        for module, (flax_module, kind) in {"norm1": ("Attention_0/attention_output_ln", "ln"),
+                                            "linear1": ("Mlp_0/intermediate_output", "dense"),
+                                            "linear2": ("Mlp_0/layer_output", "dense"),
+                                            "norm2": ("Mlp_0/layer_output_ln", "ln")}.items():
+            _flax_module(names, f"{ours}{module}", f"{flax}{flax_module}", kind)
     return names
 
 
