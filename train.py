@@ -21,7 +21,7 @@ from typing import Callable
 
 from training.distributed import DEVICE_CHOICES, cleanup_distributed, init_distributed
 from training.engine import LAST_CHECKPOINT, Trainer, load_checkpoint, start_run_dir
-from utils.config import apply_overrides, read_yaml, save_config
+from utils.config import apply_overrides, config_from_dict, read_yaml, save_config
 from utils.errors import ConfigError
 from utils.guard import RunFolders, guarded
 
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
             raise ConfigError(f"--mask-ratio: only for the fmri stage, not '{args.stage}'")
         overrides.append(f"Loss.mask_ratio={args.mask_ratio}")
     values = apply_overrides(read_yaml(args.config), overrides)
+    config_from_dict(values, args.config)       # every key and type checked before any data is read
     stage_module = importlib.import_module(STAGE_MODULES[args.stage])
     info = init_distributed(args.device)
     log = print if info.is_main else (lambda _msg: None)
