@@ -24,6 +24,7 @@ from training.engine import LAST_CHECKPOINT, Trainer, load_checkpoint, start_run
 from utils.config import apply_overrides, config_from_dict, read_yaml, save_config
 from utils.errors import ConfigError
 from utils.guard import RunFolders, guarded
+from utils.io import ensure_output_dir
 
 STAGE_MODULES = {"fmri": "training.stage_fmri", "tokenizer": "training.stage_tokenizer",
                  "maskgit": "training.stage_maskgit", "align": "training.stage_align"}
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
             raise ConfigError(f"--mask-ratio: only for the fmri stage, not '{args.stage}'")
         overrides.append(f"Loss.mask_ratio={args.mask_ratio}")
     values = apply_overrides(read_yaml(args.config), overrides)
-    config_from_dict(values, args.config)       # every key and type checked before any data is read
+    checked = config_from_dict(values, args.config)   # every key and type checked before any data is read
+    if hasattr(checked, "train"):
+        ensure_output_dir(checked.train.out_dir)       # a folder that cannot be written fails before any work
     stage_module = importlib.import_module(STAGE_MODULES[args.stage])
     info = init_distributed(args.device)
     log = print if info.is_main else (lambda _msg: None)
