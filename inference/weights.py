@@ -33,6 +33,7 @@ from models.published import RELEASE_DECODER_PARTS, RELEASE_FMRI_PREFIX, load_fr
 from models.vqgan import VQGAN
 from utils.config import LEAConfig, build, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
+from utils.guard import RunFolders
 from utils.io import file_sha256
 from utils.run_files import candidates
 
@@ -64,7 +65,8 @@ def load_fmri(path: Path, data: SubjectData, config_file: str) -> tuple[FMRIAuto
     """The subject's fMRI autoencoder from a train.py file or a release file; its ROI groups are checked."""
     payload = safe_torch_load(path)
     if isinstance(payload, dict) and "kind" in payload:
-        model = network_from_payload("fmri_autoencoder", payload, path)
+        model = network_from_payload("fmri_autoencoder", payload, path,
+                                     expect={"dataset": data.dataset, "subject": data.subject})
         what = "train.py fmri_autoencoder.pt"
     else:
         state = release_parts(payload, path, {RELEASE_FMRI_PREFIX: "fMRI autoencoder"})[RELEASE_FMRI_PREFIX]
@@ -148,13 +150,15 @@ def find_alignment(align_path: str | Path, fmri: dict[str, Any], cfg: LEAConfig,
 
 
 @contextlib.contextmanager
-def discard_if_refused(run_dir: Path, first: bool):
+def discard_if_refused(run_dir: Path, folders: RunFolders, first: bool):
     """When the first subject's weights are refused (before any result is written), remove the run
-    folder this run just created, which then holds only its config.yaml."""
+    folder this run just created, which then holds only its config.yaml, and mark it finished so
+    that nothing is reported as partial results."""
     try:
         yield
     except LEAError:
         if first and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
             (run_dir / "config.yaml").unlink()
             run_dir.rmdir()
+            folders.finished(run_dir)
         raise
