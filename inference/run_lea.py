@@ -35,7 +35,7 @@ from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
-from inference.weights import discard_if_refused, find_alignment, load_subject_weights
+from inference.weights import find_alignment, load_subject_weights
 from utils.errors import CheckpointError, ConfigError, DataError, describe
 from utils.guard import EXIT_OK, RunFolders, guarded
 from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz
@@ -419,9 +419,8 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
-        with discard_if_refused(run_dir, folders, first=not reports):
-            reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
-                                       classifier, classifier_reason, progress, log))
+        reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
+                                   classifier, classifier_reason, progress, log))
         log(f"{subject}: {headline(reports[-1])}")
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
                 "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),

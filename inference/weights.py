@@ -15,7 +15,6 @@ LEA release's checkpoint files, MaskGIT's published tokenizer; checked for consi
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,8 +31,7 @@ from models.provenance import alignment_checks, decoder_checks, enforce
 from models.published import RELEASE_DECODER_PARTS, RELEASE_FMRI_PREFIX, load_frozen_tokenizer, release_parts
 from models.vqgan import VQGAN
 from utils.config import LEAConfig, build, read_yaml, to_dict
-from utils.errors import CheckpointError, ConfigError, LEAError, describe
-from utils.guard import RunFolders
+from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import file_sha256
 from utils.run_files import candidates
 
@@ -148,17 +146,3 @@ def find_alignment(align_path: str | Path, fmri: dict[str, Any], cfg: LEAConfig,
     log(f"consistency: alignment heads {found[0]} used despite a mismatch (--accept-mismatch align)")
     return heads, found[0], checks
 
-
-@contextlib.contextmanager
-def discard_if_refused(run_dir: Path, folders: RunFolders, first: bool):
-    """When the first subject's weights are refused (before any result is written), remove the run
-    folder this run just created, which then holds only its config.yaml, and mark it finished so
-    that nothing is reported as partial results."""
-    try:
-        yield
-    except LEAError:
-        if first and [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
-            (run_dir / "config.yaml").unlink()
-            run_dir.rmdir()
-            folders.finished(run_dir)
-        raise

@@ -3,6 +3,7 @@ refusal (decoder vs tokenizer and features; alignment heads vs fMRI checkpoint a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,11 @@ def test_decoder_refuses_another_tokenizer_or_features_unless_accepted(tmp_path,
     assert main([*base, "--set", "Features.normalize=false"], dataset="GOD") == 2
     err = capsys.readouterr().err
     assert "'normalize': True" in err and "'normalize': False" in err and "--accept-mismatch features" in err
-    assert not any((tmp_path / "results").iterdir())     # a refused run leaves no run folder
+    refused = [p for p in (tmp_path / "results").iterdir()]  # started folders are marked, hold no results
+    assert len(refused) == 2 and all((p / "INCOMPLETE.txt").is_file() and not (p / SUBJECT).exists()
+                                     for p in refused)
+    for p in refused:
+        shutil.rmtree(p)
 
     assert main([*base, "--tokenizer-ckpt", str(other), "--accept-mismatch", "tokenizer"], dataset="GOD") == 0
     run = only_run(tmp_path)
