@@ -285,6 +285,8 @@ KINDS: dict[str, type] = {
     "lea": LEAConfig,
 }
 
+IMAGE_FOLDER_KINDS = ("tokenizer", "maskgit")   # stages that may train on a plain folder of images
+
 # Fields a model dataclass may leave to the data (filled in after loading the data).
 DATA_DERIVED_MODEL_FIELDS = ("roi_patch",)
 
@@ -500,6 +502,9 @@ def _check(cfg: Any, source: str) -> None:
             raise ConfigError(f"{source}: Data.fmri_drop_rate expected in [0, 1), found {data.fmri_drop_rate}")
         if data.image_size <= 0:
             raise ConfigError(f"{source}: Data.image_size expected > 0, found {data.image_size}")
+        if data.image_folder and cfg.kind not in IMAGE_FOLDER_KINDS:
+            raise ConfigError(f"{source}: Data.image_folder trains only {' / '.join(IMAGE_FOLDER_KINDS)} "
+                              f"(images without fMRI); KIND '{cfg.kind}' needs the dataset's recordings")
     train = getattr(cfg, "train", None)
     if train is not None:
         for name in ("batch_size", "grad_accum", "max_steps"):

@@ -180,6 +180,22 @@ def test_paper_decoder_configs_build_at_full_size_on_meta(name):
         vqgan = VQGAN(VQGANConfig())
     assert list(model.token_emb.weight.shape) == [2025, 768] and list(model.de_pos_emb.weight.shape) == [257, 768]
     assert vqgan.config.token_grid == cfg.model.token_grid and vqgan.config.num_codebook == cfg.model.num_codebook
-    lea = load_config(CONFIGS / ("LEA_GOD.yaml" if cfg.data.dataset == "GOD" else "LEA_BOLD.yaml"))
-    assert lea.checkpoints.maskgit.endswith(cfg.name) and lea.checkpoints.maskgit_config.endswith(name)
-    assert lea.checkpoints.tokenizer == cfg.init.tokenizer
+
+
+
+@pytest.mark.parametrize("short", ["GOD", "BOLD"])
+def test_paper_configs_chain(short):
+    """Each LEA config names where its dataset's training configs write (train.py runs are
+    `<Train.out_dir>/<run name>_<date-time>/`; the fMRI run name is `<NAME>-<subject>`)."""
+    lea = load_config(CONFIGS / f"LEA_{short}.yaml")
+    fmri = load_config(CONFIGS / f"fMRI_TransAE_{short}.yaml")
+    decoder = load_config(CONFIGS / f"MaskGIT_{short}.yaml")
+    assert Path(lea.checkpoints.fmri) == Path(fmri.train.out_dir) / f"{fmri.name}-{{subject}}"
+    assert Path(lea.checkpoints.maskgit) == Path(decoder.train.out_dir) / decoder.name
+    assert lea.checkpoints.tokenizer == decoder.init.tokenizer
+    assert Path(lea.checkpoints.fmri_config).name == f"fMRI_TransAE_{short}.yaml"
+    assert Path(lea.checkpoints.maskgit_config).name == f"MaskGIT_{short}.yaml"
+    assert Path(lea.checkpoints.align).name == "align.pt" and "{subject}" in lea.checkpoints.align
+    assert lea.data.dataset == fmri.data.dataset == decoder.data.dataset
+    assert lea.features.dim == decoder.features.dim and lea.features.normalize == decoder.features.normalize
+    assert lea.features.backend == decoder.features.backend and lea.features.model == decoder.features.model

@@ -68,3 +68,12 @@ def test_any_folder_of_images(tmp_path):
         stimulus_images(DataConfig(image_folder=str(tmp_path / "images"), image_size=32), "test")
     with pytest.raises(DataError, match="no such folder"):
         stimulus_images(DataConfig(image_folder=str(tmp_path / "none"), image_size=32), "test")
+
+
+def test_image_folder_only_for_image_stages(tmp_path):
+    import pytest
+    from utils.config import config_from_dict
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Data.image_folder trains only tokenizer / maskgit"):
+        config_from_dict({"KIND": "lea", "Data": {"image_folder": str(tmp_path)}}, "x.yaml")
