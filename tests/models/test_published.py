@@ -199,3 +199,18 @@ def test_paper_configs_chain(short):
     assert lea.data.dataset == fmri.data.dataset == decoder.data.dataset
     assert lea.features.dim == decoder.features.dim and lea.features.normalize == decoder.features.normalize
     assert lea.features.backend == decoder.features.backend and lea.features.model == decoder.features.model
+
+
+def test_published_tokenizer_flax_tree(tmp_path):
+    """The Flax tree has no config: the published architecture by default, or a Model section."""
+    from tests.models.test_checkpoints import tiny_flax_names, tiny_vqgan_config, to_flax_tree as vqgan_flax_tree
+
+    torch.manual_seed(0)
+    ref = VQGAN(tiny_vqgan_config())
+    np.savez(tmp_path / "tok.npz", **vqgan_flax_tree(ref.state_dict(), tiny_flax_names()))
+    arch = {k: v for k, v in vars(tiny_vqgan_config()).items() if k != "resolution"}
+    vqgan, what = load_frozen_tokenizer(tmp_path / "tok.npz", token_grid=8, model_config=arch)
+    assert "Flax" in what and vqgan.config.resolution == 16 and not vqgan.training
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in vqgan.state_dict().items())
+    with pytest.raises(CheckpointError, match="tok.npz: Flax tokenizer tree does not fit"):
+        load_frozen_tokenizer(tmp_path / "tok.npz", token_grid=16)   # the published 256 px architecture
