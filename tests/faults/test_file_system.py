@@ -48,6 +48,7 @@ def test_out_is_a_file_or_under_one(lea_setup, tmp_path, capsys, where):
     assert blocker.read_text() == "not a folder" and tree_digest(earlier) == before
 
 
+@pytest.mark.slow
 def test_train_out_dir_under_a_file_without_traceback(sim_root, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
