@@ -36,7 +36,7 @@ from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, subject_path
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, describe
-from utils.guard import EXIT_OK, RunFolders, guarded
+from utils.guard import RunFolders, guarded
 from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
@@ -424,4 +424,4 @@ def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
-    return guarded(lambda folders: run(args, spec, argv, folders) and EXIT_OK, spec.script)
+    return guarded(lambda folders: run(args, spec, argv, folders), spec.script)
