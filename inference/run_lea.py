@@ -37,7 +37,7 @@ from utils.config import LEAConfig, load_config, save_config, subject_path, to_d
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from inference.weights import find_alignment, load_subject_weights
 from utils.errors import CheckpointError, ConfigError, DataError, describe
-from utils.guard import EXIT_OK, RunFolders, guarded
+from utils.guard import RunFolders, guarded
 from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz
 from utils.precision import precision_name, resolve_precision
 from utils.run_files import resolve
@@ -436,4 +436,4 @@ def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
-    return guarded(lambda folders: run(args, spec, argv, folders) and EXIT_OK, spec.script)
+    return guarded(lambda folders: run(args, spec, argv, folders), spec.script)
