@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from evaluation.metrics import Metric, summarize, to_csv_rows
+from evaluation.metrics import CSV_FIELDS, Metric, summarize, to_csv_rows
 
-CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
+CSV_COLUMNS = ("subject", "section", *CSV_FIELDS)
 VALUE_DIGITS = 4
 SECTIONS = ("decoding", "encoding")
 
@@ -48,7 +48,7 @@ class SubjectReport:
 
 
 def csv_rows(report: SubjectReport) -> list[dict[str, Any]]:
-    """One row per metric: subject, section, name, value, chance, skipped."""
+    """One row per metric: subject, section and the metric's CSV fields."""
     return [{"subject": report.subject, "section": section, **row}
             for section, metrics in report.metrics.items() for row in to_csv_rows(metrics)]
 
