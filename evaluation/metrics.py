@@ -157,6 +157,11 @@ def _rivals(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return scores.shape[-1] - 1 - _wins(scores, higher_is_better)
 
 
+def rival_counts(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """`scores [N, S, N]` -> `[N, S]`: how many other candidates do not lose to each item's own one."""
+    return _rivals(scores, higher_is_better)
+
+
 def n_way_success(rivals: np.ndarray, pool: int, n: int, trials: int,
                   seed: int | np.random.Generator = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """n-way top-1 from rival counts: Monte-Carlo rate per item and its exact expectation.
@@ -604,7 +609,8 @@ def fmri_identification(measured: ArrayLike, predicted: ArrayLike, n_way: int | 
 
 
 def noise_ceiling_fraction(measured_r: ArrayLike, noise_free: ArrayLike, measured: ArrayLike | None = None,
-                           noise_sd: float | None = None, n_repeats: int | None = None) -> list[Metric]:
+                           noise_sd: float | None = None, n_repeats: int | None = None,
+                           prefix: str = "") -> list[Metric]:
     """How close the encoding correlations come to the best achievable (simulated data only).
 
     The noise ceiling of a voxel is the correlation that the noise-free
@@ -637,14 +643,13 @@ def noise_ceiling_fraction(measured_r: ArrayLike, noise_free: ArrayLike, measure
     both = np.isfinite(r_pred) & np.isfinite(r_ceil)
     positive = both & (r_ceil > 0)
     details = {"ceiling": source, "n_voxels": int(r_pred.size), "n_used": int(both.sum())}
+    names = [prefix + n for n in ("noise_ceiling_mean_r", "fraction_of_noise_ceiling",
+                                  "median_voxel_fraction_of_ceiling")]
     if not positive.any():
-        reason = "no voxel has a defined, positive noise ceiling"
-        return [skipped(name, reason) for name in
-                ("noise_ceiling_mean_r", "fraction_of_noise_ceiling", "median_voxel_fraction_of_ceiling")]
-    return [Metric("noise_ceiling_mean_r", float(r_ceil[both].mean()), None, details=details),
-            Metric("fraction_of_noise_ceiling", float(r_pred[both].mean() / r_ceil[both].mean()), None,
-                   details=details),
-            Metric("median_voxel_fraction_of_ceiling", float(np.median(r_pred[positive] / r_ceil[positive])), None,
+        return [skipped(name, "no voxel has a defined, positive noise ceiling") for name in names]
+    return [Metric(names[0], float(r_ceil[both].mean()), None, details=details),
+            Metric(names[1], float(r_pred[both].mean() / r_ceil[both].mean()), None, details=details),
+            Metric(names[2], float(np.median(r_pred[positive] / r_ceil[positive])), None,
                    details={**details, "n_used": int(positive.sum())})]
 
 

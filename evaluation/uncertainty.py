@@ -63,11 +63,12 @@ def mean_replicates(per_item: Sequence[float], indices: np.ndarray) -> np.ndarra
 
 
 def resampled_voxel_r(measured: np.ndarray, predicted: np.ndarray, indices: np.ndarray,
-                      reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+                      reduce: Callable[[np.ndarray, np.ndarray], Sequence[float]]) -> np.ndarray:
     """Voxel-wise Pearson r on each resample of the images, reduced per resample.
 
-    measured, predicted `[N, V]`; indices `[B, N]`; reduce maps the `[V]` r of one
-    resample to a scalar or a vector (e.g. per-ROI means). Returns `[B, ...]`.
+    measured, predicted `[N, V]`; indices `[B, N]`; reduce(r [V], rows [N]) maps the
+    r of one resample (and its image rows) to a list of numbers (e.g. per-ROI
+    means). Returns `[B, K]`.
     """
     m = np.asarray(measured, dtype=np.float64)
     p = np.asarray(predicted, dtype=np.float64)
@@ -77,7 +78,7 @@ def resampled_voxel_r(measured: np.ndarray, predicted: np.ndarray, indices: np.n
         denom = np.sqrt((mc ** 2).sum(0) * (pc ** 2).sum(0))
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(denom > 0, (mc * pc).sum(0) / np.where(denom > 0, denom, 1.0), np.nan)
-        out.append(reduce(r))
+        out.append(reduce(r, rows))
     return np.asarray(out)
 
 

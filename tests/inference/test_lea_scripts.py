@@ -90,11 +90,29 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     assert enc[f"fmri_top1_of_{t}_pcc"]["chance"] == pytest.approx(1 / t)
     for roi in data.roi_names:
         assert f"encoding_pearson_{roi}" in enc
-    assert enc["fraction_of_noise_ceiling"]["value"] is not None   # simulated data: ceiling known
-    assert enc["noise_ceiling_mean_r"]["value"] > 0
+    assert enc["simulator_fraction_of_noise_ceiling"]["value"] is not None   # simulated data: ceiling known
+    assert enc["simulator_noise_ceiling_mean_r"]["value"] > 0
+    # ceiling from the single test trials, per ROI, with intervals; both modes; baselines
+    assert 0 < enc["noise_ceiling_r"]["value"] <= 1 and enc["fraction_of_ceiling"]["value"] is not None
+    for roi in data.roi_names:
+        assert f"noise_ceiling_r_{roi}" in enc and f"fraction_of_ceiling_{roi}" in enc
+    low, high = enc["encoding_pearson_mean"]["details"]["ci95"]
+    assert low <= enc["encoding_pearson_mean"]["value"] <= high
+    assert 0 <= dec["pairwise_mse"]["details"]["p_value"] <= 1 and "ci95" in dec["pairwise_mse"]["details"]
+    assert set(metrics) >= {"decoding_leakage_free", "encoding_leakage_free", "baselines"}
+    assert metrics["settings"]["headline_mode"].startswith("transductive")
+    base = metrics["baselines"]
+    for name in ("ridge_encoding_pearson_mean", "ridge_fraction_of_ceiling", "ridge_decoding_handcrafted_pairwise_pcc",
+                 "retrieval_handcrafted_pairwise_pcc", "retrieval_pairwise_ssim"):
+        assert base[name]["value"] is not None, name
+    assert dec["pairwise_snr"]["chance"] == 0.5 and dec["stack_ssim"]["value"] is not None
+    assert dec["fid_per_sample"]["skipped"] and dec["pairwise_lpips"]["skipped"]
+    for name in ("encoding_roi.png", "identification_curve.png"):
+        assert (folder / name).is_file(), name
 
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
-    assert {r["name"] for r in rows} == set(dec) | set(enc)
+    sections = [s for s in ("decoding", "encoding", "decoding_leakage_free", "encoding_leakage_free", "baselines")]
+    assert {(r["section"], r["name"]) for r in rows} == {(s, n) for s in sections for n in metrics[s]}
     for page in (folder / "index.html", run / "index.html"):
         parser = _Links()
         parser.feed(page.read_text())
