@@ -137,7 +137,7 @@ def _load_images(root: Path, num_test: int) -> tuple[np.ndarray, np.ndarray]:
 TEST_NORMALISATIONS = ("train", "release")
 
 
-def test_statistics(train_normalised: np.ndarray, mean: float, std: float, mode: str) -> tuple[float, float]:
+def statistics_for_test(train_normalised: np.ndarray, mean: float, std: float, mode: str) -> tuple[float, float]:
     """Mean and std that normalise the test fMRI.
 
     'train': the raw training statistics (train and test in the same units).
@@ -158,7 +158,7 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
 
     roi_patch: the configured group sizes; ConfigError if they differ from the data's.
     include_repeats: also load the single test trials (`arr_1`).
-    test_normalisation: 'train' or 'release' (`test_statistics`); the single trials
+    test_normalisation: 'train' or 'release' (`statistics_for_test`); the single trials
     are normalised like the averaged test rows.
     """
     root = Path(root)
@@ -189,7 +189,7 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
     check_finite(test, f"{path} key '{TEST_KEY}' (ROI voxels)")
     mean, std = scalar_stats(train, f"{path} key '{TRAIN_KEY}'")
     train_normalised = normalise(train, mean, std)
-    test_mean, test_std = test_statistics(train_normalised, mean, std, test_normalisation)
+    test_mean, test_std = statistics_for_test(train_normalised, mean, std, test_normalisation)
 
     repeats = repeat_index = None
     if repeats_raw is not None:
