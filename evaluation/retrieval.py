@@ -16,17 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from evaluation.metrics import unit_rows
 from utils.errors import ConfigError, DataError, describe
 
 RETRIEVAL_METRICS = ("pcc", "cosine")
-
-
-def _unit_rows(x: torch.Tensor, centre: bool) -> torch.Tensor:
-    """float64 rows L2-normalised (after centring when `centre`); a zero row stays zero."""
-    x = x.double()
-    if centre:
-        x = x - x.mean(-1, keepdim=True)
-    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def similarity_to_training(query: torch.Tensor | np.ndarray, candidates: torch.Tensor | np.ndarray,
@@ -39,7 +32,9 @@ def similarity_to_training(query: torch.Tensor | np.ndarray, candidates: torch.T
         raise DataError(describe("retrieval features", "queries [T, D] and at least one candidate [M, D]",
                                  f"{list(q.shape)} and {list(c.shape)}"))
     centre = metric == "pcc"
-    return _unit_rows(q, centre) @ _unit_rows(c, centre).T  # [T, M]
+    # a constant (pcc) or zero (cosine) row has no direction: similarity 0 to everything
+    q_unit, c_unit = (np.nan_to_num(unit_rows(x.double().numpy(), centre)) for x in (q, c))
+    return torch.from_numpy(q_unit @ c_unit.T)  # [T, M]
 
 
 def nearest_training_images(query: torch.Tensor | np.ndarray, candidates: torch.Tensor | np.ndarray,

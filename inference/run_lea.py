@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from datasets import load_subject
 from datasets.bold5000 import BOLD_SUBJECTS
@@ -40,6 +39,9 @@ from utils.io import atomic_save_npy, file_sha256, new_run_dir
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
+from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
+from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
+from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
 
 DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
@@ -190,14 +192,6 @@ def preflight(cfg: LEAConfig, spec: ScriptSpec, demo: bool) -> None:
 # Metrics
 # ---------------------------------------------------------------------------
 
-def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
-    if images.shape[1:3] == tuple(size):
-        return images
-    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-                     for im in images])
-
-
 def n_way_for(count: int) -> int | None:
     """n of the n-way accuracies: the paper's 50, at most the number of items; None below 3 items."""
     return min(DEFAULT_N_WAY, count) if count >= 3 else None
@@ -207,13 +201,13 @@ def decoding_metrics(gt: np.ndarray, decoded: np.ndarray, gt_features: torch.Ten
                      decoded_features: torch.Tensor, backend: str, classifier, classifier_reason) -> list[M.Metric]:
     """Image-side metrics; `gt` [T, H, W, 3] at the decoded resolution, `decoded` [T, S, H, W, 3]."""
     out = [M.classifier_n_way(gt, decoded, classifier, skip_reason=classifier_reason)]
-    out += [M.pairwise_identification(gt, decoded, score) for score in ("mse", "pcc", "ssim")]
-    out += [M.lpips_identification(gt, decoded), M.fid(gt, decoded)]
     out.append(M.feature_identification(gt_features, decoded_features, "pcc", name=f"{backend}_pairwise_pcc"))
     n = n_way_for(len(gt))
     if n is not None:
         out.append(M.feature_n_way_top1(gt_features, decoded_features, n, "pcc",
                                         name=f"{backend}_{n}way_top1_pcc"))
+    out += [M.pairwise_identification(gt, decoded, score) for score in ("mse", "pcc", "ssim")]
+    out += [M.lpips_identification(gt, decoded), M.fid(gt, decoded)]
     return out
 
 
@@ -324,7 +318,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     encoded = lea.encode(data.test_images)
 
     images = decoded.images                                     # [T, S, H, W, 3]
-    gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
+    gt = M.resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
     atomic_save_npy(folder / "decoded_images.npy", images)
     atomic_save_npy(folder / "predicted_fmri.npy", encoded.fmri.astype(np.float32))
     save_png(folder / "sample_image.png", sample_grid(gt, images, max_rows=GRID_MAX_ROWS))
@@ -335,10 +329,21 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
     decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
+    scorer, semantic_reason = semantic_scorer_or_reason(data, cfg.data.path, stimuli=gt)
+    log(f"{subject}: diagnostics (tokenizer round trip, decoding from true features, retrieval)")
+    diag = diagnose(gt=gt, decoded=images, train_images=data.train_images, train_features=features(data.train_images),
+                    predicted_features=decoded.features, true_features=encoded.features,
+                    round_trip=lea.tokenizer_round_trip,
+                    generate=lambda f: lea.generate_images(f, cfg.sampling, torch.Generator(device=device).manual_seed(
+                        cfg.seed), desc="decoding true features"),
+                    feature_fn=lambda x: features_of(extractor, x), backend=extractor.name,
+                    n_way=n_way_for(len(gt)), scorer=scorer, semantic_reason=semantic_reason)
+    save_png(folder / DIAGNOSTICS_FIGURE, diag.figure)
     metrics = {
-        "decoding": decoding_metrics(gt, images, features(gt), decoded_feats, extractor.name,
-                                     classifier, classifier_reason),
+        "decoding": (scorer.score(images) if scorer else skipped_semantic(semantic_reason))
+        + decoding_metrics(gt, images, features(gt), decoded_feats, extractor.name, classifier, classifier_reason),
         "encoding": encoding_metrics(data, encoded.fmri, truth),
+        "diagnostics": diag.metrics,
     }
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
@@ -357,16 +362,21 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "metric_image_size": list(images.shape[2:4]),
         "ground_truth_resized": list(data.test_images.shape[1:3]) != list(images.shape[2:4]),
         "noise_free_responses": str(truth) if truth else None,
+        "semantic_accuracy": (f"simulated attributes from {scorer.source}; classifier fitted on the training stimuli"
+                              if scorer else semantic_reason),
+        "diagnostics": DIAGNOSTICS_NOTE,
         "data_source": data.source,
     }
     files = {"ground truth and decoded samples": "sample_image.png",
+             "stage by stage: stimulus, tokenizer round trip, decoded from true features, retrieval, LEA":
+                 DIAGNOSTICS_FIGURE,
              "measured vs predicted fMRI per ROI": "sample_fmri.png",
              "decoded_images.npy": "decoded_images.npy", "predicted_fmri.npy": "predicted_fmri.npy",
              "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
     if (folder / "align.pt").is_file():
         files["alignment heads"] = "align.pt"
     report = SubjectReport(subject=subject, dataset=data.dataset, folder=subject, metrics=metrics,
-                           settings=settings, checkpoints=records, files=files)
+                           settings=settings, checkpoints=records, files=files, tables=[diag.table()])
     write_subject_report(folder, report, cfg.name)
     return report
 
@@ -375,14 +385,23 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
 # Entry point
 # ---------------------------------------------------------------------------
 
+HEADLINE_PER_SECTION = 4      # console: the first metrics with a value of each section
+
+
 def headline(report: SubjectReport) -> str:
-    """A short line of the main numbers for the console."""
+    """The main numbers for the console: semantic accuracy first, then the stage table."""
     parts = []
     for section in ("decoding", "encoding"):
-        for m in report.metrics[section]:
-            if m.value is not None and m.chance is not None:
-                parts.append(f"{m.name} {m.value:.3f} (chance {m.chance:.3f})")
-    return "; ".join(parts[:6])
+        shown = [m for m in report.metrics[section] if m.value is not None and m.chance is not None
+                 and not m.name.startswith("sim_attribute_accuracy_")]
+        parts += [f"{m.name} {m.value:.3f} (chance {m.chance:.3f})" for m in shown[:HEADLINE_PER_SECTION]]
+    lines = ["; ".join(parts[:HEADLINE_PER_SECTION]), "; ".join(parts[HEADLINE_PER_SECTION:])]
+    for table in report.tables:
+        columns = table["columns"][1:]
+        lines.append(f"{table['title']}:")
+        lines += [f"  {row[0]:<36} " + ", ".join(f"{c} {v}" for c, v in zip(columns, row[1:]) if v != "–")
+                  for row in table["rows"]]
+    return "\n  ".join(lines)
 
 
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path:
