@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from utils.errors import ConfigError, DataError, describe
 from utils.io import atomic_write_json, atomic_write_text
@@ -100,6 +101,14 @@ def as_pixels(images: ArrayLike, where: str = "images") -> np.ndarray:
     if lo < -FLOAT_RANGE_TOL or hi > 1 + FLOAT_RANGE_TOL or not np.isfinite([lo, hi]).all():
         raise DataError(describe(where, "float images with values in [0, 1]", f"range [{lo}, {hi}]"))
     return np.moveaxis(x.astype(np.float64), -3, -1) * PIXEL_MAX  # [..., H, W, 3]
+
+
+def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
+    if images.shape[1:3] == tuple(size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+                     for im in images])
 
 
 def _paired_images(gt: ArrayLike, recon: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +239,7 @@ def _sum_sq_diff(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return np.maximum(ssd, 0.0)
 
 
-def _unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
+def unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
     """L2-normalise the last axis (after centring when `centre`); zero-norm rows become nan."""
     if centre:
         x = x - x.mean(-1, keepdims=True)
@@ -246,12 +255,12 @@ def _similarity(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def _pearson_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` Pearson correlations (nan for a constant vector)."""
-    return _similarity(_unit_rows(gt, centre=True), _unit_rows(recon, centre=True))
+    return _similarity(unit_rows(gt, centre=True), unit_rows(recon, centre=True))
 
 
 def _cosine_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` cosine similarities (nan for a zero vector)."""
-    return _similarity(_unit_rows(gt, centre=False), _unit_rows(recon, centre=False))
+    return _similarity(unit_rows(gt, centre=False), unit_rows(recon, centre=False))
 
 
 def _box_mean_valid(x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,8 @@ class SubjectReport:
     settings: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {path, sha256}
     files: dict[str, str] = field(default_factory=dict)
+    # summary tables shown above the metric list: {"title", "columns": [str], "rows": [[str, ...]]}
+    tables: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subject": self.subject, "dataset": self.dataset,
@@ -79,6 +81,14 @@ def _metric_table(report: SubjectReport) -> str:
     return "\n".join(lines)
 
 
+def _summary_table(table: dict[str, Any]) -> str:
+    """A captioned table of pre-formatted cells; the first column labels the rows."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+                   for row in table["rows"])
+    return f"<h3>{html.escape(table['title'])}</h3>\n<table><tr>{head}</tr>{body}</table>"
+
+
 def _settings_list(settings: dict[str, Any]) -> str:
     items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
                     for k, v in settings.items())
@@ -97,6 +107,7 @@ def _subject_section(report: SubjectReport, prefix: str) -> str:
                  for caption, rel in report.files.items() if not rel.endswith(".png")]
     if downloads:
         parts.append("<p>" + " · ".join(downloads) + "</p>")
+    parts += [_summary_table(t) for t in report.tables]
     parts.append(_metric_table(report))
     parts.append("<h3>settings</h3>" + _settings_list(report.settings))
     ckpts = {name: f"{c['path']} (sha256 {c['sha256'][:16]}…)" for name, c in report.checkpoints.items()}

@@ -31,7 +31,7 @@ from evaluation.encoding_eval import CEILING_NAME, ceiling_metrics, encoding_sco
 from evaluation.figures import save_png
 from evaluation.perceptual import fid_features_or_reason, lpips_or_reason
 from evaluation.release_metrics import fid_per_sample, stack_ssim
-from evaluation.retrieval import nearest_training
+from evaluation.retrieval import nearest_training_images
 from evaluation.uncertainty import attach_uncertainty, bootstrap_indices
 from models.lea import LEA
 from utils.config import LEAConfig
@@ -97,15 +97,15 @@ def decoding_metrics(gt: np.ndarray, images: np.ndarray, predicted_feats: torch.
     """
     classifier = M.classifier_n_way(gt, images, tools.classifier, skip_reason=tools.classifier_reason)
     out = [classifier, M.best_sample(classifier)]
+    decoded_feats = tools.features(images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)  # [T, S, D]
+    out += feature_space_metrics(tools.features(gt), decoded_feats, tools.backend)
+    out += feature_space_metrics(stimulus_feats, predicted_feats, f"predicted_{tools.backend}")
     out += [M.pairwise_identification(gt, images, score) for score in PAIRWISE_PIXEL_SCORES]
     out.append(M.lpips_identification(gt, images, tools.lpips) if tools.lpips is not None
                else M.skipped("pairwise_lpips", tools.lpips_reason, M.PAIRWISE_CHANCE))
     out.append(M.fid(gt, images, tools.fid_features) if tools.fid_features is not None
                else M.skipped("fid", tools.fid_reason))
     out += [fid_per_sample(gt, images, tools.fid_features, tools.fid_reason), stack_ssim(gt, images)]
-    decoded_feats = tools.features(images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)  # [T, S, D]
-    out += feature_space_metrics(tools.features(gt), decoded_feats, tools.backend)
-    out += feature_space_metrics(stimulus_feats, predicted_feats, f"predicted_{tools.backend}")
     return out
 
 
@@ -131,8 +131,8 @@ def baseline_metrics(data: SubjectData, lea: LEA, cfg: LEAConfig, gt: np.ndarray
     predicted_fmri = encoder.predict(test_feats)                                 # [T, V]
     decoder = VoxelwiseRidge(ev.baseline_alphas, ev.baseline_cv_folds, ev.seed).fit(data.train_fmri, paired)
     predicted_feats = decoder.predict(data.test_fmri)                            # [T, D]
-    nearest = nearest_training(predicted_feats, train_feats)                     # [T]
-    retrieved = resize_to(data.train_images[nearest], gt.shape[1:3])             # [T, H, W, 3]
+    nearest = nearest_training_images(predicted_feats, train_feats)[:, 0]        # [T]
+    retrieved = M.resize_images(data.train_images[nearest], gt.shape[1:3])       # [T, H, W, 3]
 
     out = _renamed(_encoding(data, predicted_fmri, stats, indices, ev.ci_level), "ridge_")
     out += feature_space_metrics(test_feats, predicted_feats, f"ridge_decoding_{tools.backend}")
@@ -142,16 +142,6 @@ def baseline_metrics(data: SubjectData, lea: LEA, cfg: LEAConfig, gt: np.ndarray
             "retrieval": "nearest training image by Pearson r of the ridge-decoded features",
             "retrieved_training_images": nearest.tolist()}
     return out, info, {"fmri": predicted_fmri, "features": predicted_feats, "retrieved_features": train_feats[nearest]}
-
-
-def resize_to(images: np.ndarray, size) -> np.ndarray:
-    """uint8 `[N, H, W, 3]` -> `[N, *size, 3]` (bicubic, as the ground truth is resized for the metrics)."""
-    from PIL import Image
-
-    if tuple(images.shape[1:3]) == tuple(size):
-        return images
-    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-                     for im in images])
 
 
 def single_trial_metrics(data: SubjectData, lea: LEA, encoded_fmri: np.ndarray, stimulus_feats: torch.Tensor,
@@ -219,8 +209,12 @@ def draw_charts(folder: Path, data: SubjectData, sections: dict[str, list[M.Metr
 
 def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encoded, gt: np.ndarray,
                      tools: ScoringTools, folder: Path, simulator_metrics: Callable[[np.ndarray], list[M.Metric]],
-                     log) -> tuple[dict[str, list[M.Metric]], dict[str, Any], dict[str, str]]:
-    """All metric sections of one subject, the settings to report with them, and the chart files."""
+                     log, extra: dict[str, list[M.Metric]] | None = None
+                     ) -> tuple[dict[str, list[M.Metric]], dict[str, Any], dict[str, str]]:
+    """All metric sections of one subject, the settings to report with them, and the chart files.
+
+    `extra` metrics computed elsewhere are put first in their section and get intervals too.
+    """
     ev = cfg.eval
     n = len(data.test_fmri)
     indices = bootstrap_indices(n, ev.bootstrap, ev.seed)
@@ -267,6 +261,8 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
     if cfg.data.include_test_repeats:
         sections["single_trials"] = single_trial_metrics(data, lea, encoded.fmri, stimulus_feats, tools.backend,
                                                          ev.seed, ev.bootstrap, ev.ci_level)
+    for name, metrics in (extra or {}).items():
+        sections[name] = list(metrics) + sections.get(name, [])
     for name, section in sections.items():
         if name != "single_trials":
             attach_uncertainty(section, indices, ev.ci_level)

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from datasets import load_subject, normalisation_options
 from datasets.bold5000 import BOLD_SUBJECTS
@@ -40,7 +39,10 @@ from utils.io import atomic_save_npy, file_sha256, new_run_dir
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
-from inference.evaluate import evaluate_subject, load_scoring_tools, resize_to, summary_lines
+from inference.evaluate import evaluate_subject, load_scoring_tools, n_way_for, summary_lines
+from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
+from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
+from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
 
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
 FEATURE_CACHE_KEY = "stimuli"
@@ -307,7 +309,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     encoded = lea.encode(data.test_images)
 
     images = decoded.images                                     # [T, S, H, W, 3]
-    gt = resize_to(data.test_images, images.shape[2:4])         # [T, H, W, 3]
+    gt = M.resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
     atomic_save_npy(folder / "decoded_images.npy", images)
     atomic_save_npy(folder / "predicted_fmri.npy", encoded.fmri.astype(np.float32))
     save_png(folder / "sample_image.png", sample_grid(gt, images, max_rows=GRID_MAX_ROWS))
@@ -316,8 +318,20 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
 
     log(f"{subject}: scoring")
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
-    metrics, eval_settings, charts = evaluate_subject(lea, data, cfg, decoded, encoded, gt, tools, folder,
-                                                      simulator_scores(truth, data), log)
+    scorer, semantic_reason = semantic_scorer_or_reason(data, cfg.data.path, stimuli=gt)
+    log(f"{subject}: diagnostics (tokenizer round trip, decoding from true features, retrieval)")
+    diag = diagnose(gt=gt, decoded=images, train_images=data.train_images, train_features=features(data.train_images),
+                    predicted_features=decoded.features, true_features=encoded.features,
+                    round_trip=lea.tokenizer_round_trip,
+                    generate=lambda f: lea.generate_images(f, cfg.sampling, torch.Generator(device=device).manual_seed(
+                        cfg.seed), desc="decoding true features"),
+                    feature_fn=lambda x: features_of(extractor, x), backend=extractor.name,
+                    n_way=n_way_for(len(gt)), scorer=scorer, semantic_reason=semantic_reason)
+    save_png(folder / DIAGNOSTICS_FIGURE, diag.figure)
+    metrics, eval_settings, charts = evaluate_subject(
+        lea, data, cfg, decoded, encoded, gt, tools, folder, simulator_scores(truth, data), log,
+        extra={"decoding": scorer.score(images) if scorer else skipped_semantic(semantic_reason),
+               "diagnostics": diag.metrics})
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
@@ -337,16 +351,21 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "metric_image_size": list(images.shape[2:4]),
         "ground_truth_resized": list(data.test_images.shape[1:3]) != list(images.shape[2:4]),
         "noise_free_responses": str(truth) if truth else None,
+        "semantic_accuracy": (f"simulated attributes from {scorer.source}; classifier fitted on the training stimuli"
+                              if scorer else semantic_reason),
+        "diagnostics": DIAGNOSTICS_NOTE,
         "data_source": data.source,
     }
     files = {"ground truth and decoded samples": "sample_image.png",
+             "stage by stage: stimulus, tokenizer round trip, decoded from true features, retrieval, LEA":
+                 DIAGNOSTICS_FIGURE,
              "measured vs predicted fMRI per ROI": "sample_fmri.png",
              "decoded_images.npy": "decoded_images.npy", "predicted_fmri.npy": "predicted_fmri.npy",
              **charts, "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
     if (folder / "align.pt").is_file():
         files["alignment heads"] = "align.pt"
     report = SubjectReport(subject=subject, dataset=data.dataset, folder=subject, metrics=metrics,
-                           settings=settings, checkpoints=records, files=files)
+                           settings=settings, checkpoints=records, files=files, tables=[diag.table()])
     write_subject_report(folder, report, cfg.name)
     return report
 
@@ -354,6 +373,25 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
+
+HEADLINE_PER_SECTION = 4      # console: the first metrics with a value of each section
+
+
+def headline(report: SubjectReport) -> str:
+    """The main numbers for the console: semantic accuracy first, then the stage table."""
+    parts = []
+    for section in ("decoding", "encoding"):
+        shown = [m for m in report.metrics[section] if m.value is not None and m.chance is not None
+                 and not m.name.startswith("sim_attribute_accuracy_")]
+        parts += [f"{m.name} {m.value:.3f} (chance {m.chance:.3f})" for m in shown[:HEADLINE_PER_SECTION]]
+    lines = ["; ".join(parts[:HEADLINE_PER_SECTION]), "; ".join(parts[HEADLINE_PER_SECTION:])]
+    for table in report.tables:
+        columns = table["columns"][1:]
+        lines.append(f"{table['title']}:")
+        lines += [f"  {row[0]:<36} " + ", ".join(f"{c} {v}" for c, v in zip(columns, row[1:]) if v != "–")
+                  for row in table["rows"]]
+    return "\n  ".join(lines)
+
 
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path:
     started = time.time()
@@ -375,6 +413,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path
     for subject in cfg.data.subjects:
         reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
                                    classifier, classifier_reason, progress, log))
+        log(f"{subject}: {headline(reports[-1])}")
         for line in summary_lines(subject, reports[-1].metrics, reports[-1].settings["headline_mode"].split(":")[0]):
             log(line)
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),

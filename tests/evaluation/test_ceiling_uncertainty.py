@@ -1,4 +1,4 @@
-"""Noise ceiling from repeats, bootstrap intervals, binomial p-values, ridge baselines, retrieval."""
+"""Noise ceiling from repeats, bootstrap intervals, binomial p-values, ridge baselines."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,6 @@ from evaluation import metrics as M
 from evaluation.baselines import VoxelwiseRidge
 from evaluation.ceiling import (explainable_fraction, fraction_of_ceiling, group_ceiling, repeat_stats,
                                 voxel_ceiling)
-from evaluation.retrieval import nearest_training
 from evaluation.uncertainty import (attach_uncertainty, binomial_p_value, bootstrap_indices, mean_replicates,
                                     percentile_interval)
 from utils.errors import DataError
@@ -101,12 +100,6 @@ def test_voxelwise_ridge_recovers_weights_and_picks_alphas():
     xc, yc = x - x.mean(0), y - y.mean(0)
     assert one.weight == pytest.approx(np.linalg.solve(xc.T @ xc + 10 * np.eye(5), xc.T @ yc))
     assert one.predict(x[:2]) == pytest.approx(x[:2] @ one.weight + one.intercept)
-
-
-def test_nearest_training_by_pearson():
-    train = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    predicted = np.array([[0.1, 0.9, 0.0], [0.0, 0.2, 3.0]])
-    assert list(nearest_training(predicted, train)) == [1, 2]
 
 
 def test_per_sample_and_best_sample():

@@ -62,7 +62,7 @@ class _Links(HTMLParser):
 def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     data = load_subject(dataset, _data_root(run), subject)
     folder = run / subject
-    for name in ("sample_image.png", "sample_fmri.png", "metrics.json", "metrics.csv", "index.html",
+    for name in ("sample_image.png", "sample_fmri.png", "diagnostics.png", "metrics.json", "metrics.csv", "index.html",
                  "decoded_images.npy", "predicted_fmri.npy", "align.pt"):
         assert (folder / name).is_file(), name
     assert (run / "config.yaml").is_file() and (run / "index.html").is_file()
@@ -110,9 +110,23 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     for name in ("encoding_roi.png", "identification_curve.png"):
         assert (folder / name).is_file(), name
 
+    # simulated data: the semantic attribute accuracy leads, with its chance level and its ceiling
+    assert list(dec)[0] == "sim_attribute_accuracy" and re.fullmatch(r"sim_category_\d+way_top1", list(dec)[1])
+    assert dec["sim_attribute_accuracy"]["chance"] == pytest.approx(np.mean([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4]))
+    assert 0.0 <= dec["sim_attribute_accuracy"]["details"]["ceiling"] <= 1.0
+    diag = metrics["diagnostics"]
+    for stage in ("tokenizer_round_trip", "decoded_from_true_features", "retrieval_baseline", "lea_decoded"):
+        assert 0.0 <= diag[f"{stage}/handcrafted_pairwise_pcc"]["value"] <= 1.0, stage
+        assert diag[f"{stage}/sim_attribute_accuracy"]["value"] is not None, stage
+    assert diag["stimuli/sim_attribute_accuracy"]["value"] == dec["sim_attribute_accuracy"]["details"]["ceiling"]
+    assert diag["lea_decoded/sample_diversity"]["value"] > 0          # two samples per trial
+    assert diag["retrieval_baseline/sample_diversity"]["skipped"]     # one image per trial
+
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
-    sections = [s for s in ("decoding", "encoding", "decoding_leakage_free", "encoding_leakage_free", "baselines")]
+    sections = [s for s in ("decoding", "encoding", "decoding_leakage_free", "encoding_leakage_free", "baselines",
+                            "diagnostics")]
     assert {(r["section"], r["name"]) for r in rows} == {(s, n) for s in sections for n in metrics[s]}
+    assert "decoding stage by stage" in (folder / "index.html").read_text()
     for page in (folder / "index.html", run / "index.html"):
         parser = _Links()
         parser.feed(page.read_text())
