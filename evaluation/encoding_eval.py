@@ -56,7 +56,7 @@ def ceiling_metrics(stats: RepeatStats | None, roi_patch, roi_names, n_voxels: i
         metric = M.Metric(f"{CEILING_NAME}{suffix}", value, None,
                           details={**details, "n_voxels": int(rho[sl].size),
                                    "voxels_without_signal": int((rho[sl] <= 0).sum())})
-        out.append(set_interval(metric, replicates[:, g], level))
+        out.append(set_interval(metric, replicates[:, g], level, correct_bias=True))
     return out
 
 
@@ -84,7 +84,7 @@ def encoding_scores(measured: np.ndarray, predicted: np.ndarray, roi_patch: Sequ
     replicates = resampled_voxel_r(m, p, indices, reduce)  # [B, K]
     for k, name in enumerate(names):
         if by_name[name].value is not None:
-            set_interval(by_name[name], replicates[:, k], level)
+            set_interval(by_name[name], replicates[:, k], level, correct_bias=True)
 
     # MSE is a mean over images of per-image errors: resample those
     sq = (m - p) ** 2  # [N, V]
@@ -106,6 +106,6 @@ def encoding_scores(measured: np.ndarray, predicted: np.ndarray, roi_patch: Sequ
                 continue
             metric = M.Metric(name, value, None, details={"method": CEILING_METHOD,
                                                           "definition": "mean voxel r / group noise ceiling"})
-            out.append(set_interval(metric, replicates[:, len(names) + g], level))
+            out.append(set_interval(metric, replicates[:, len(names) + g], level, correct_bias=True))
     out += M.fmri_identification(m, p, n_way=n_way)
     return out

@@ -1,7 +1,8 @@
 """Uncertainty of every reported number: bootstrap intervals over test images, binomial p-values.
 
 - Bootstrap: B resamples of the N test images with replacement (seeded); the
-  interval is the percentile interval of the metric recomputed on each resample.
+  interval is the percentile interval of the metric recomputed on each resample
+  (shifted by the bootstrap bias for recomputed correlations and ceilings, `set_interval`).
   Metrics that are means of per-image values (identification rates, n-way
   accuracies) are re-averaged over the resampled images; encoding correlations are
   recomputed from the resampled rows (`resampled_voxel_r`). A metric without a
@@ -45,13 +46,25 @@ def percentile_interval(replicates: Sequence[float], level: float = DEFAULT_LEVE
     return float(lo), float(hi)
 
 
-def set_interval(metric: Metric, replicates: Sequence[float], level: float = DEFAULT_LEVEL) -> Metric:
-    """Store the percentile interval of `replicates` in `metric.details[CI_KEY]` (in place)."""
+def set_interval(metric: Metric, replicates: Sequence[float], level: float = DEFAULT_LEVEL,
+                 correct_bias: bool = False) -> Metric:
+    """Store the percentile interval of `replicates` in `metric.details[CI_KEY]` (in place).
+
+    correct_bias: shift the interval by the bootstrap bias, mean(replicates) - value.
+    Statistics recomputed from resampled rows (correlations, noise ceilings) shrink
+    when a resample repeats images, and their plain percentile interval can miss the
+    point estimate; means of per-image values have no such bias and are not shifted.
+    """
     interval = percentile_interval(replicates, level)
     if interval is None:
         metric.details[NO_INTERVAL_KEY] = "no finite bootstrap replicate"
     else:
-        metric.details[CI_KEY] = list(interval)
+        bias = 0.0
+        if correct_bias:
+            values = np.asarray(replicates, dtype=np.float64)
+            bias = float(values[np.isfinite(values)].mean()) - float(metric.value)
+            metric.details["ci_bias_correction"] = bias
+        metric.details[CI_KEY] = [interval[0] - bias, interval[1] - bias]
         metric.details["ci_level"] = level
         metric.details["ci_resamples"] = int(len(replicates))
     return metric

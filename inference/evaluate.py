@@ -85,7 +85,7 @@ def feature_space_metrics(gt_feats, pred_feats, name: str) -> list[M.Metric]:
     n = n_way_for(len(gt_feats))
     if n is not None:
         n_way = M.feature_n_way_top1(gt_feats, pred_feats, n, "pcc", name=f"{name}_{n}way_top1_pcc")
-        out += [n_way, M.best_sample(n_way)]
+        out += [n_way] + ([M.best_sample(n_way)] if n_way.details["n_samples"] > 1 else [])
     return out
 
 
@@ -114,9 +114,9 @@ def _mode_label(restandardize: bool) -> str:
 
 
 def _encoding(data: SubjectData, predicted: np.ndarray, stats: RepeatStats | None, indices: np.ndarray,
-              level: float) -> list[M.Metric]:
+              level: float, no_ceiling: str = NO_REPEATS) -> list[M.Metric]:
     return encoding_scores(data.test_fmri, predicted, data.roi_patch, data.roi_names, stats, indices, level,
-                           n_way_for(len(data.test_fmri)), NO_REPEATS)
+                           n_way_for(len(data.test_fmri)), no_ceiling)
 
 
 def baseline_metrics(data: SubjectData, lea: LEA, cfg: LEAConfig, gt: np.ndarray, stimulus_feats: torch.Tensor,
@@ -186,11 +186,11 @@ def _chart_values(metrics: list[M.Metric], prefix: str, groups: list[str]) -> tu
 
 
 def draw_charts(folder: Path, data: SubjectData, sections: dict[str, list[M.Metric]],
-                curves_from: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
+                curves_from: dict[str, tuple[np.ndarray, np.ndarray]], headline: str) -> dict[str, str]:
     """encoding_roi.png and identification_curve.png in the subject folder; returns {caption: file}."""
     groups = ["all", *data.roi_names]
     models, intervals = {}, {}
-    for label, section, prefix in (("LEA", "encoding", ""), ("ridge baseline", "baselines", "ridge_")):
+    for label, section, prefix in ((f"LEA {headline}", "encoding", ""), ("ridge baseline", "baselines", "ridge_")):
         if section in sections:
             models[label], intervals[label] = _chart_values(sections[section], prefix, groups)
     other = [s for s in sections if s.startswith("encoding_")]
@@ -218,18 +218,19 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
     ev = cfg.eval
     n = len(data.test_fmri)
     indices = bootstrap_indices(n, ev.bootstrap, ev.seed)
-    stats = None
+    stats, no_ceiling = None, NO_REPEATS
     if data.test_fmri_repeats is not None and data.test_repeat_index is not None:
         try:
             stats = repeat_stats(data.test_fmri_repeats, data.test_repeat_index, n)
         except DataError as err:
-            log(f"{data.subject}: no noise ceiling from repeats: {err}")
+            no_ceiling = f"no noise ceiling from the single test trials: {err}"
+            log(f"{data.subject}: {no_ceiling}")
     headline = _mode_label(lea.heads.restandardize)
     stimulus_feats = encoded.features                                            # [T, D] of the stimuli
     sections = {"decoding": decoding_metrics(gt, decoded.images, decoded.features, stimulus_feats, tools),
                 "encoding": (ceiling_metrics(stats, data.roi_patch, data.roi_names, data.num_voxels, indices,
-                                             ev.ci_level, NO_REPEATS)
-                             + _encoding(data, encoded.fmri, stats, indices, ev.ci_level)
+                                             ev.ci_level, no_ceiling)
+                             + _encoding(data, encoded.fmri, stats, indices, ev.ci_level, no_ceiling)
                              + simulator_metrics(encoded.fmri))}
     curves = {f"LEA predicted features ({headline})": (stimulus_feats.numpy(), decoded.features.numpy()),
               f"LEA encoded fMRI ({headline})": (data.test_fmri, encoded.fmri)}
@@ -246,7 +247,7 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
             lea.heads.restandardize = not lea.heads.restandardize
         sections[f"decoding_{other}"] = decoding_metrics(gt, dec_other.images, dec_other.features,
                                                          stimulus_feats, tools)
-        sections[f"encoding_{other}"] = _encoding(data, enc_other.fmri, stats, indices, ev.ci_level)
+        sections[f"encoding_{other}"] = _encoding(data, enc_other.fmri, stats, indices, ev.ci_level, no_ceiling)
         modes.append(other)
     settings: dict[str, Any] = {"headline_mode": f"{headline}: {MODE_NOTES[headline]}", "modes_scored": modes,
                                 "bootstrap": {"resamples": ev.bootstrap, "level": ev.ci_level, "seed": ev.seed,
@@ -266,7 +267,7 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
     for name, section in sections.items():
         if name != "single_trials":
             attach_uncertainty(section, indices, ev.ci_level)
-    files = draw_charts(folder, data, sections, curves)
+    files = draw_charts(folder, data, sections, curves, headline)
     return sections, settings, files
 
 
@@ -288,7 +289,7 @@ def summary_lines(subject: str, sections: dict[str, list[M.Metric]], headline: s
     for section in ("decoding", *[s for s in sections if s.startswith(("decoding_", "encoding_"))]):
         if section in sections:
             shown = [f"{m.name} {show(f'{section}:{m.name}')}" for m in sections[section]
-                     if m.value is not None and m.chance is not None and "per_sample" not in m.name][:4]
+                     if m.value is not None and m.chance is not None and not m.name.endswith("_best_sample")][:4]
             lines.append(f"{subject}: {section}: " + "; ".join(shown))
     seen = set()
     for section, metrics in sections.items():
