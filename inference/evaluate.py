@@ -286,6 +286,14 @@ def summary_lines(subject: str, sections: dict[str, list[M.Metric]], headline: s
              f"ridge {show('baselines:ridge_encoding_pearson_mean')}, noise ceiling "
              f"{show(f'encoding:{CEILING_NAME}')}; fraction of ceiling LEA {show('encoding:fraction_of_ceiling')}, "
              f"ridge {show('baselines:ridge_fraction_of_ceiling')}"]
+    by_suffix = {f"{s}:{m.name}": m for s, ms in sections.items() for m in ms}
+    ways = sorted({k.split("pairwise")[0] for k in by_suffix if k.startswith("decoding:predicted_")})
+    for prefix in ways:  # 'decoding:predicted_<backend>_'
+        backend = prefix[len("decoding:predicted_"):]
+        lines.append(f"{subject}: feature-space pair-wise identification: LEA predicted features "
+                     f"{show(prefix + 'pairwise_pcc')}, LEA decoded images {show(f'decoding:{backend}pairwise_pcc')}, "
+                     f"ridge decoding {show(f'baselines:ridge_decoding_{backend}pairwise_pcc')}, retrieval "
+                     f"{show(f'baselines:retrieval_{backend}pairwise_pcc')} (chance 0.5)")
     for section in ("decoding", *[s for s in sections if s.startswith(("decoding_", "encoding_"))]):
         if section in sections:
             shown = [f"{m.name} {show(f'{section}:{m.name}')}" for m in sections[section]
