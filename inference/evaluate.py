@@ -149,9 +149,10 @@ def single_trial_metrics(data: SubjectData, lea: LEA, encoded_fmri: np.ndarray, 
     """LEA on every single test trial: feature-space decoding (no image generation) and encoding r.
 
     Decoding: each trial's predicted feature identifies its image among the N test
-    images (pair-wise and top-1 of N). Encoding: the predicted fMRI of each image
-    against every single trial of it (voxel-wise r over the R trials). Intervals
-    resample trials.
+    images (pair-wise and top-1 of N); in the transductive mode the re-standardisation
+    runs over the R single trials. Encoding: the predicted fMRI of each image against
+    every single trial of it (voxel-wise r over the R trials). The identification
+    rates get intervals over the test images (each image's rate pools its trials).
     """
     if data.test_fmri_repeats is None or data.test_repeat_index is None:
         return [M.skipped("single_trials", NO_REPEATS)]
