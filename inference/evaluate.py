@@ -288,7 +288,8 @@ def summary_lines(subject: str, sections: dict[str, list[M.Metric]], headline: s
              f"{show(f'encoding:{CEILING_NAME}')}; fraction of ceiling LEA {show('encoding:fraction_of_ceiling')}, "
              f"ridge {show('baselines:ridge_fraction_of_ceiling')}"]
     by_suffix = {f"{s}:{m.name}": m for s, ms in sections.items() for m in ms}
-    ways = sorted({k.split("pairwise")[0] for k in by_suffix if k.startswith("decoding:predicted_")})
+    ways = sorted(k[:-len("pairwise_pcc")] for k in by_suffix
+                  if k.startswith("decoding:predicted_") and k.endswith("_pairwise_pcc"))
     for prefix in ways:  # 'decoding:predicted_<backend>_'
         backend = prefix[len("decoding:predicted_"):]
         lines.append(f"{subject}: feature-space pair-wise identification: LEA predicted features "
