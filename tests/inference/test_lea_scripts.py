@@ -170,7 +170,9 @@ def test_script_end_to_end(dataset, sim_root, tmp_path):
     assert second["settings"]["headline_mode"].startswith("leakage_free") and "encoding_transductive" not in second
     single = second["single_trials"]                       # Data.include_test_repeats: every single trial scored
     assert 0.0 <= single["single_trial_predicted_handcrafted_pairwise_pcc"]["value"] <= 1.0
-    assert single["single_trial_encoding_pearson_mean"]["value"] is not None
+    # the tiny random networks can predict the same fMRI for every image without re-standardisation
+    defined = second["encoding"]["encoding_pearson_mean"]["value"] is not None
+    assert (single["single_trial_encoding_pearson_mean"]["value"] is not None) == defined
     assert second["checkpoints"]["align"]["path"] == str(run / subject / "align.pt")
     assert not (runs[1] / subject / "align.pt").exists()
 
