@@ -134,6 +134,15 @@ class MaskGITLossConfig:
     label_smoothing: float = 0.1
     min_mask_rate: float = 0.5
     schedule: str = "cosine"
+    # Condition augmentation (off = the release's training). With probability condition_drop an
+    # image's condition is replaced by the null (all-zero) condition, which classifier-free guidance
+    # (Sampling.guidance_scale) needs; condition_noise adds Gaussian noise of that many times the
+    # per-dimension feature std, and condition_shrink scales the condition by a random factor in
+    # [1 - condition_shrink, 1], so that features predicted from fMRI (noisy, shrunk by ridge)
+    # resemble what MaskGIT saw in training.
+    condition_drop: float = 0.0
+    condition_noise: float = 0.0
+    condition_shrink: float = 0.0
 
 
 @dataclass
@@ -149,6 +158,9 @@ class SamplingConfig:
     schedule: str = "cosine"
     choice_temperature: float = 4.5
     num_samples: int = 5
+    # Classifier-free guidance: logits = cond + guidance_scale * (cond - null), with the null
+    # (all-zero) condition; 0 = the release's unguided sampling, exactly.
+    guidance_scale: float = 0.0
 
 
 @dataclass
@@ -475,6 +487,15 @@ def _check(cfg: Any, source: str) -> None:
     loss = getattr(cfg, "loss", None)
     if isinstance(loss, FMRILossConfig) and not 0.0 <= loss.mask_ratio < 1.0:
         raise ConfigError(f"{source}: Loss.mask_ratio expected in [0, 1), found {loss.mask_ratio}")
+    if isinstance(loss, MaskGITLossConfig):
+        for name in ("condition_drop", "condition_shrink"):
+            if not 0.0 <= getattr(loss, name) < 1.0:
+                raise ConfigError(f"{source}: Loss.{name} expected in [0, 1), found {getattr(loss, name)}")
+        if loss.condition_noise < 0:
+            raise ConfigError(f"{source}: Loss.condition_noise expected >= 0, found {loss.condition_noise}")
+    sampling = getattr(cfg, "sampling", None)
+    if sampling is not None and sampling.guidance_scale < 0:
+        raise ConfigError(f"{source}: Sampling.guidance_scale expected >= 0, found {sampling.guidance_scale}")
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
