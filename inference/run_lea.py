@@ -345,6 +345,9 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "guidance_scale": cfg.sampling.guidance_scale,
+        "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
+                          else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},

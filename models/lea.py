@@ -204,7 +204,8 @@ class LEA:
                 tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
                                                schedule=sampling.schedule,
                                                choice_temperature=sampling.choice_temperature,
-                                               generator=generator)  # [b, S, N]
+                                               generator=generator,
+                                               guidance_scale=sampling.guidance_scale)  # [b, S, N]
                 pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S, 3, H, W]
             batch = to_uint8(pixels)  # [b*S, H, W, 3]
             images.append(batch.reshape(len(cond), samples, *batch.shape[1:]))  # [b, S, H, W, 3]

@@ -122,6 +122,15 @@ class TokenizerLossConfig:
     disc_channels: int = 64
     disc_layers: int = 2
     disc_lr: float = 1e-5
+    disc_betas: Optional[tuple[float, float]] = None  # discriminator's Adam betas; None = Train.betas
+    # Codebook use (0 = off, the release's recipe). From scratch, kmeans_iters > 0 places the codebook
+    # at k-means centres of encoder outputs of training images (else at random encoder outputs);
+    # every restart_interval steps, codes chosen less often than restart_min_share times the uniform
+    # share (1 / num_codebook of the positions) since the last restart move to encoder outputs of the
+    # current batch.
+    kmeans_iters: int = 0
+    restart_interval: int = 0
+    restart_min_share: float = 0.25
 
 
 @dataclass
@@ -493,6 +502,10 @@ def _check(cfg: Any, source: str) -> None:
                 raise ConfigError(f"{source}: Loss.{name} expected in [0, 1), found {getattr(loss, name)}")
         if loss.condition_noise < 0:
             raise ConfigError(f"{source}: Loss.condition_noise expected >= 0, found {loss.condition_noise}")
+    if isinstance(loss, TokenizerLossConfig):
+        for name in ("kmeans_iters", "restart_interval", "restart_min_share"):
+            if getattr(loss, name) < 0:
+                raise ConfigError(f"{source}: Loss.{name} expected >= 0, found {getattr(loss, name)}")
     sampling = getattr(cfg, "sampling", None)
     if sampling is not None and sampling.guidance_scale < 0:
         raise ConfigError(f"{source}: Sampling.guidance_scale expected >= 0, found {sampling.guidance_scale}")
