@@ -31,7 +31,7 @@ from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.alignment import AlignmentHeads
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
+from models.lea import LEA, check_fmri_fits, load_trained_network, maskgit_condition_recipe, resolve_device
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
@@ -346,6 +346,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
         "guidance_scale": cfg.sampling.guidance_scale,
+        "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
         "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
                           else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),

@@ -54,3 +54,14 @@ def test_bad_augmentation_and_guidance_values_are_refused():
         config_from_dict({"KIND": "maskgit", "Loss": {"condition_drop": 1.0}})
     with pytest.raises(ConfigError, match="guidance_scale"):
         config_from_dict({"KIND": "lea", "Sampling": {"guidance_scale": -1}})
+
+
+def test_results_report_how_maskgit_was_trained(tmp_path):
+    from models.lea import maskgit_condition_recipe
+
+    torch.save({"model": {}, "config": {"Loss": {"condition_drop": 0.1, "condition_noise": 0.7}}}, tmp_path / "a.pt")
+    torch.save({"model": {}, "config": {"Loss": {"label_smoothing": 0.1}}}, tmp_path / "old.pt")
+    on = maskgit_condition_recipe(tmp_path / "a.pt")
+    assert on["condition_drop"] == 0.1 and on["condition_noise"] == 0.7 and on["condition_shrink"] == 0.0
+    assert "on" in on["note"]
+    assert maskgit_condition_recipe(tmp_path / "old.pt")["note"].startswith("off")
