@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = data.train_images[np.linspace(0, len(data.train_images) - 1, args.count).round().astype(int)]
     test = resize_images(chosen, size)  # [T, 3, S, S]
     test_u8 = to_uint8(test)  # [T, S, S, 3]
-    gt_feats = features_of(extractor, test_u8)  # [T, D]
+    gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
+    conditions = features_of(extractor, chosen)  # [T, D] of the original images, as MaskGIT trained on them
 
     indices = torch.cat([tokenizer.encode(x[i:i + TOKENIZE_BATCH])[1].flatten()
                          for x in (resize_images(data.train_images, size), test)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         temperature = s.choice_temperature if args.temperature is None else args.temperature
         guidance = s.guidance_scale if args.guidance is None else args.guidance
         generator = torch.Generator().manual_seed(args.seed)
-        tokens = maskgit.generate(gt_feats, num_samples=args.num_samples, steps=steps, schedule=s.schedule,
+        tokens = maskgit.generate(conditions, num_samples=args.num_samples, steps=steps, schedule=s.schedule,
                                   choice_temperature=temperature, generator=generator,
                                   guidance_scale=guidance)  # [T, S, N]
         images = to_uint8(tokenizer.decode_indices(tokens.flatten(0, 1)))  # [T*S, H, W, 3]
