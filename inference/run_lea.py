@@ -29,7 +29,7 @@ from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, resolve_device
+from models.lea import LEA, maskgit_condition_recipe, resolve_device
 from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
@@ -350,6 +350,10 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "guidance_scale": cfg.sampling.guidance_scale,
+        "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
+        "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
+                          else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
