@@ -412,6 +412,14 @@ def headline(report: SubjectReport) -> str:
     return "\n  ".join(lines)
 
 
+def rerun_hint(run_dir: Path) -> str:
+    """How to go on after an unfinished run: run again, reusing alignment heads it already fitted."""
+    fitted = sorted(run_dir.glob("*/align.pt"))
+    reuse = f"; add --align {run_dir}/{{subject}}/align.pt to reuse the heads fitted for " \
+            f"{', '.join(p.parent.name for p in fitted)}" if fitted else ""
+    return f"run the command again (a new results folder is made; {run_dir} is kept as it is){reuse}"
+
+
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
@@ -427,7 +435,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
-    folders.started(run_dir, f"run the command again (a new results folder is made; {run_dir} is kept as it is)")
+    folders.started(run_dir, lambda: rerun_hint(run_dir))
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
