@@ -62,10 +62,17 @@ def fmri_args(sim_root: Path, tmp: Path, *extra: str) -> list[str]:
     return args
 
 
+def default_ctrl_c() -> None:
+    """In the child: Ctrl-C as in a terminal. A test run started in the background (`make test &`)
+    ignores SIGINT, and a child inherits that, so Python would install no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_checkpoint(args: list[str], runs: Path) -> tuple[subprocess.Popen, Path]:
     """Start train.py in the background; return it and its run folder once its first last.pt exists."""
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         found = list(runs.glob(f"*/{LAST_CHECKPOINT}")) if runs.is_dir() else []
