@@ -29,7 +29,7 @@ from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, resolve_device
+from models.lea import LEA, maskgit_condition_recipe, resolve_device
 from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
@@ -350,6 +350,10 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "guidance_scale": cfg.sampling.guidance_scale,
+        "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
+        "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
+                          else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
@@ -408,6 +412,14 @@ def headline(report: SubjectReport) -> str:
     return "\n  ".join(lines)
 
 
+def rerun_hint(run_dir: Path) -> str:
+    """How to go on after an unfinished run: run again, reusing alignment heads it already fitted."""
+    fitted = sorted(run_dir.glob("*/align.pt"))
+    reuse = f"; add --align {run_dir}/{{subject}}/align.pt to reuse the heads fitted for " \
+            f"{', '.join(p.parent.name for p in fitted)}" if fitted else ""
+    return f"run the command again (a new results folder is made; {run_dir} is kept as it is){reuse}"
+
+
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
@@ -423,7 +435,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
-    folders.started(run_dir, f"run the command again (a new results folder is made; {run_dir} is kept as it is)")
+    folders.started(run_dir, lambda: rerun_hint(run_dir))
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:

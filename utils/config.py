@@ -126,6 +126,15 @@ class TokenizerLossConfig:
     disc_channels: int = 64
     disc_layers: int = 2
     disc_lr: float = 1e-5
+    disc_betas: Optional[tuple[float, float]] = None  # discriminator's Adam betas; None = Train.betas
+    # Codebook use (0 = off, the release's recipe). From scratch, kmeans_iters > 0 places the codebook
+    # at k-means centres of encoder outputs of training images (else at random encoder outputs);
+    # every restart_interval steps, codes chosen less often than restart_min_share times the uniform
+    # share (1 / num_codebook of the positions) since the last restart move to encoder outputs of the
+    # current batch.
+    kmeans_iters: int = 0
+    restart_interval: int = 0
+    restart_min_share: float = 0.25
 
 
 @dataclass
@@ -138,6 +147,15 @@ class MaskGITLossConfig:
     label_smoothing: float = 0.1
     min_mask_rate: float = 0.5
     schedule: str = "cosine"
+    # Condition augmentation (off = the release's training). With probability condition_drop an
+    # image's condition is replaced by the null (all-zero) condition, which classifier-free guidance
+    # (Sampling.guidance_scale) needs; condition_noise adds Gaussian noise of that many times the
+    # per-dimension feature std, and condition_shrink scales the condition by a random factor in
+    # [1 - condition_shrink, 1], so that features predicted from fMRI (noisy, shrunk by ridge)
+    # resemble what MaskGIT saw in training.
+    condition_drop: float = 0.0
+    condition_noise: float = 0.0
+    condition_shrink: float = 0.0
 
 
 @dataclass
@@ -158,6 +176,9 @@ class SamplingConfig:
     schedule: str = "cosine"
     choice_temperature: float = 4.5
     num_samples: int = 5
+    # Classifier-free guidance: logits = cond + guidance_scale * (cond - null), with the null
+    # (all-zero) condition; 0 = the release's unguided sampling, exactly.
+    guidance_scale: float = 0.0
 
 
 @dataclass
@@ -549,6 +570,19 @@ def _check(cfg: Any, source: str) -> None:
     loss = getattr(cfg, "loss", None)
     if isinstance(loss, FMRILossConfig) and not 0.0 <= loss.mask_ratio < 1.0:
         raise ConfigError(f"{source}: Loss.mask_ratio expected in [0, 1), found {loss.mask_ratio}")
+    if isinstance(loss, MaskGITLossConfig):
+        for name in ("condition_drop", "condition_shrink"):
+            if not 0.0 <= getattr(loss, name) < 1.0:
+                raise ConfigError(f"{source}: Loss.{name} expected in [0, 1), found {getattr(loss, name)}")
+        if loss.condition_noise < 0:
+            raise ConfigError(f"{source}: Loss.condition_noise expected >= 0, found {loss.condition_noise}")
+    if isinstance(loss, TokenizerLossConfig):
+        for name in ("kmeans_iters", "restart_interval", "restart_min_share"):
+            if getattr(loss, name) < 0:
+                raise ConfigError(f"{source}: Loss.{name} expected >= 0, found {getattr(loss, name)}")
+    sampling = getattr(cfg, "sampling", None)
+    if sampling is not None and sampling.guidance_scale < 0:
+        raise ConfigError(f"{source}: Sampling.guidance_scale expected >= 0, found {sampling.guidance_scale}")
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
