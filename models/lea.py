@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -40,11 +40,13 @@ NETWORKS = {"fmri_autoencoder": (FMRIAutoencoder, FMRIAutoencoderConfig),
 MODEL_FILE_KEYS = ("model", "kind", "model_config")
 
 
-def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
+def load_trained_network(kind: str, path: str | Path, expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """Build and strictly load a network from a final model file of `train.py`.
 
     The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
-    read with `torch.load(weights_only=True)`.
+    read with `torch.load(weights_only=True)`. `expect`: values the file must record when it
+    records them (e.g. {'dataset': 'GOD', 'subject': 'sbj_1'}); a different one is an error even
+    when the shapes happen to fit.
     """
     payload = safe_torch_load(path)
     if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
@@ -53,6 +55,10 @@ def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
                                        found))
     if payload["kind"] != kind:
         raise CheckpointError(describe(f"{path} key 'kind'", repr(kind), repr(payload["kind"])))
+    for key, value in (expect or {}).items():
+        if key in payload and payload[key] != value:
+            raise CheckpointError(describe(f"{path} key '{key}'", f"{value!r} (the {key} this run uses)",
+                                           f"{payload[key]!r}: this network was trained for another {key}"))
     network, config_cls = NETWORKS[kind]
     try:
         config = build(config_cls, dict(payload["model_config"]), f"{path} key 'model_config'")
