@@ -89,8 +89,11 @@ def _cell(metric: M.Metric | None) -> str:
 
 
 def short(name: str) -> str:
-    """A table column name without the feature backend prefix."""
-    return name.split("_", 1)[1] if name.startswith(("handcrafted_", "open_clip_")) else name
+    """A table column name: the feature backend prefix becomes 'feature_' (pixel metrics keep their names)."""
+    for backend in ("handcrafted_", "open_clip_"):
+        if name.startswith(backend):
+            return "feature_" + name[len(backend):]
+    return name
 
 
 def sample_diversity(features: torch.Tensor, gt_features: torch.Tensor) -> M.Metric:
@@ -167,7 +170,7 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
         columns += [m.name for m in scored if m.name not in columns]
         for m in scored:
             metrics.append(M.Metric(f"{stage}/{m.name}", m.value, m.chance, m.skipped, m.details))
-    figure = column_grid([(f"{FIGURE_CAPTIONS[stage]}" + (f" s{k + 1}" if images.shape[1] > 1 else ""), images[:, k])
+    figure = column_grid([(f"{FIGURE_CAPTIONS[stage]}" + (f" {k + 1}" if images.shape[1] > 1 else ""), images[:, k])
                           for stage, images in stage_images.items()
                           for k in range(min(images.shape[1], FIGURE_SAMPLES))], max_rows=FIGURE_MAX_ROWS)
     return Diagnostics(metrics=metrics, table_columns=columns, table_rows=rows, figure=figure,
