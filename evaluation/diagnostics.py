@@ -89,11 +89,11 @@ def _cell(metric: M.Metric | None) -> str:
 
 
 def short(name: str) -> str:
-    """A table column name: the feature backend prefix becomes 'feature_' (pixel metrics keep their names)."""
+    """A table column name: the feature backend prefix becomes 'feature_', pixel scores get 'pixel_'."""
     for backend in ("handcrafted_", "open_clip_"):
         if name.startswith(backend):
             return "feature_" + name[len(backend):]
-    return name
+    return "pixel_" + name if name.startswith("pairwise_") else name
 
 
 def sample_diversity(features: torch.Tensor, gt_features: torch.Tensor) -> M.Metric:

@@ -73,7 +73,8 @@ def _metric_table(report: SubjectReport) -> str:
              "<th>note</th></tr>"]
     for section, metrics in report.metrics.items():
         for m in metrics:
-            note = m.skipped or ""
+            ceiling = m.details.get("ceiling")
+            note = m.skipped or (f"ceiling (true test stimuli) {_fmt(ceiling)}" if ceiling is not None else "")
             lines.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(m.name)}</td>"
                          f"<td>{_fmt(m.value)}</td><td>{_fmt(m.chance)}</td>"
                          f"<td>{html.escape(note)}</td></tr>")
