@@ -46,6 +46,7 @@ DEFAULT_SEED = 0
 SSIM_PAIR_ELEMENTS = 1 << 23  # pixels per batched SSIM step (64 MB per float64 buffer)
 FLOAT_RANGE_TOL = 1e-6
 CSV_FIELDS = ("name", "value", "chance", "skipped")
+STIMULI_CEILING = "stimuli_ceiling"  # details key: the metric's value on the true test stimuli (its ceiling)
 
 ArrayLike = np.ndarray | torch.Tensor
 

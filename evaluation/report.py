@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from evaluation.metrics import Metric, summarize, to_csv_rows
+from evaluation.metrics import STIMULI_CEILING, Metric, summarize, to_csv_rows
 
 CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
 VALUE_DIGITS = 4
@@ -73,7 +73,7 @@ def _metric_table(report: SubjectReport) -> str:
              "<th>note</th></tr>"]
     for section, metrics in report.metrics.items():
         for m in metrics:
-            ceiling = m.details.get("ceiling")
+            ceiling = m.details.get(STIMULI_CEILING)
             note = m.skipped or (f"ceiling (true test stimuli) {_fmt(ceiling)}" if ceiling is not None else "")
             lines.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(m.name)}</td>"
                          f"<td>{_fmt(m.value)}</td><td>{_fmt(m.chance)}</td>"

@@ -15,7 +15,7 @@ the simulated *training* stimuli only, and labels every decoded image:
   a category scored by the sum of the log-probabilities of its attribute values
   (the paper's n-way protocol, n = min(50, test categories)); chance 1/n.
 
-Each metric carries in `details['ceiling']` the same number computed on the true
+Each metric carries in `details['stimuli_ceiling']` the same number computed on the true
 test stimuli: what a perfect decoder could reach with this classifier.
 
 The classifier: per attribute a multinomial logistic regression (L2, L-BFGS from
@@ -37,7 +37,7 @@ from scipy.special import logsumexp
 
 from datasets.common import SubjectData
 from datasets.simulate import ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
-from evaluation.metrics import Metric, n_way_top1, skipped
+from evaluation.metrics import STIMULI_CEILING, Metric, n_way_top1, skipped
 from models.image_features import GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures, features_of
 from utils.errors import DataError, describe
 
@@ -218,7 +218,7 @@ class SemanticScorer:
                                             "fitted on the training stimuli", "categories": self.source,
                               "n_samples": int(s)})
             if with_ceiling and m.name in self.ceiling:
-                m.details["ceiling"] = self.ceiling[m.name]
+                m.details[STIMULI_CEILING] = self.ceiling[m.name]
         return out
 
 

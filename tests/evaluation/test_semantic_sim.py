@@ -40,7 +40,7 @@ def test_ceiling_chance_and_a_wrong_decoder(god_subject, god_scorer):
     for a, k in zip(ATTRIBUTES, ATTRIBUTE_SIZES):
         assert metrics[f"sim_attribute_accuracy_{a}"].chance == pytest.approx(1 / k)
     for m in metrics.values():      # the stimuli themselves reach the ceiling exactly
-        assert m.value == m.details["ceiling"]
+        assert m.value == m.details["stimuli_ceiling"]
     # learned from the training stimuli only: colour and position of unseen categories are recognised
     assert metrics["sim_attribute_accuracy_palette"].value >= 0.8
     assert metrics["sim_attribute_accuracy_layout"].value >= 0.7
