@@ -28,16 +28,18 @@ from datasets import load_subject
 from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
-from models.alignment import AlignmentHeads
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
+from models.lea import LEA, resolve_device
+from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
-from utils.config import LEAConfig, load_config, save_config, subject_path
+from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
+from inference.weights import find_alignment, load_subject_weights
 from utils.errors import CheckpointError, ConfigError, DataError, describe
-from utils.guard import EXIT_OK, RunFolders, guarded
+from utils.guard import RunFolders, guarded
 from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz
 from utils.precision import precision_name, resolve_precision
+from utils.run_files import resolve
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
 from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
@@ -59,13 +61,14 @@ class ScriptSpec:
     config: str
     demo_config: str
     fmri_train_config: str
+    maskgit_train_config: str
 
 
 SCRIPTS = {
     "GOD": ScriptSpec("LEA_GOD.py", "GOD", GOD_SUBJECTS, "configs/LEA_GOD.yaml", "configs/demo/LEA_GOD.yaml",
-                      "configs/fMRI_TransAE_GOD.yaml"),
+                      "configs/fMRI_TransAE_GOD.yaml", "configs/MaskGIT_GOD.yaml"),
     "BOLD5000": ScriptSpec("LEA_BOLD.py", "BOLD5000", BOLD_SUBJECTS, "configs/LEA_BOLD.yaml",
-                           "configs/demo/LEA_BOLD.yaml", "configs/fMRI_TransAE_BOLD.yaml"),
+                           "configs/demo/LEA_BOLD.yaml", "configs/fMRI_TransAE_BOLD.yaml", "configs/MaskGIT_BOLD.yaml"),
 }
 
 
@@ -101,6 +104,9 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
                         "semantic accuracy; skipped without it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set Align.restandardize=false (repeatable)")
+    p.add_argument("--accept-mismatch", action="append", default=[], choices=MISMATCH_NAMES,
+                   help="use a decoder whose recorded tokenizer / features, or alignment heads whose recorded fMRI "
+                        "checkpoint / features, differ from what is given (recorded in the results; repeatable)")
     p.add_argument("--demo", action="store_true",
                    help="use the demo config: simulate data and train the small demo weights when missing")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -132,6 +138,9 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
             raise ConfigError(describe(where, "an integer >= 1", value))
     if args.subject is not None and args.subject != "all":
         cfg.data.subjects = [args.subject]
+    cfg.checkpoints.accept_mismatch = sorted(set(cfg.checkpoints.accept_mismatch) | set(args.accept_mismatch))
+    cfg.checkpoints.fmri_config = cfg.checkpoints.fmri_config or spec.fmri_train_config
+    cfg.checkpoints.maskgit_config = cfg.checkpoints.maskgit_config or spec.maskgit_train_config
     return cfg, path
 
 
@@ -144,31 +153,34 @@ def train_command(kind: str, spec: ScriptSpec, subject: str, demo: bool) -> str:
     if kind == "fmri":
         stage_config = FMRI_STAGE_CONFIGS[spec.dataset] if demo else spec.fmri_train_config
         return f"python train.py fmri --config {stage_config} --set 'Data.subjects=[{subject}]'"
-    stage_config = (STAGE_CONFIGS if demo else PAPER_STAGE_CONFIGS)[kind]
+    stage_config = (STAGE_CONFIGS if demo else {"tokenizer": "configs/MaskGIT_AE.yaml",
+                                                "maskgit": spec.maskgit_train_config})[kind]
     return f"python train.py {kind} --config {stage_config}"
 
 
-PAPER_STAGE_CONFIGS = {"tokenizer": "configs/MaskGIT_AE.yaml", "maskgit": "configs/MaskGIT_Transformer.yaml"}
 CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
                    "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
                    "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
 
 
 def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
+    """Weight files of `subject`; a run folder, folder of runs or run prefix means its newest final file."""
     c = cfg.checkpoints
-    return {"fmri": Path(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject)),
-            "tokenizer": Path(c.tokenizer), "maskgit": Path(c.maskgit),
+    return {"fmri": resolve(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject), FINAL_FILES["fmri"]),
+            "tokenizer": resolve(c.tokenizer, FINAL_FILES["tokenizer"]),
+            "maskgit": resolve(c.maskgit, FINAL_FILES["maskgit"]),
             "align": Path(subject_path(c.align, "--align / Checkpoints.align", subject))}
 
 
 def missing_checkpoint_message(kind: str, path: Path, spec: ScriptSpec, subject: str, demo: bool) -> str:
     what, option = CHECKPOINT_WHAT[kind]
-    lines = [f"{path}: {what} checkpoint{' for ' + subject if kind == 'fmri' else ''} not found.",
+    lines = [f"{path}: {what} checkpoint{' for ' + subject if kind == 'fmri' else ''} not found "
+             "(no such file, run folder or run-name prefix).",
              f"  Train it:  {train_command(kind, spec, subject, demo)}",
-             f"  then copy the run's final {FINAL_FILES[kind]} (checkpoints/<run>/{FINAL_FILES[kind]}) to {path},",
-             f"  or pass its path with {option}."]
+             f"  then pass the run folder (or its {FINAL_FILES[kind]}) with {option}."]
     if kind == "tokenizer":
-        lines.append("  MaskGIT's published ImageNet-256 tokenizer also works once converted: see pretrains/README.md.")
+        lines.append("  The paper decodes with MaskGIT's published ImageNet-256 tokenizer, unchanged: see "
+                     "docs/reproduce.md.")
     if demo:
         lines.append(f"  `python {spec.script} --demo` trains every missing demo weight itself.")
     return "\n".join(lines)
@@ -280,20 +292,17 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
                         config_file=config_path)
     paths = checkpoint_paths(cfg, subject)
-    fmri_ae = load_trained_network("fmri_autoencoder", paths["fmri"], expect={"dataset": data.dataset,
-                                                                            "subject": subject})
-    check_fmri_fits(fmri_ae, data.roi_patch, str(paths["fmri"]), subject)
-    tokenizer = load_trained_network("tokenizer", paths["tokenizer"])
-    maskgit = load_trained_network("maskgit", paths["maskgit"])
+    weights = load_subject_weights(cfg, paths, data, cfg.checkpoints.fmri_config, cfg.checkpoints.maskgit_config, log)
     features = feature_function(extractor, cfg.features.cache_dir, progress)
-    lea = LEA(fmri_ae, maskgit, tokenizer, features, device=device, dtype=dtype,
+    lea = LEA(weights.fmri_ae, weights.maskgit, weights.tokenizer, features, device=device, dtype=dtype,
               batch_size=cfg.batch_size, progress=progress)
 
+    records = weights.records
+    heads, align_file, align_checks = find_alignment(paths["align"], records["fmri"], cfg, log)
     folder = run_dir / subject
     folder.mkdir()
-    records = {k: checkpoint_record(p) for k, p in paths.items() if k != "align"}
-    if paths["align"].is_file():
-        heads = AlignmentHeads.load(paths["align"])
+    if heads is not None:
+        paths["align"] = align_file
         if heads.restandardize != cfg.align.restandardize:
             log(f"{subject}: {paths['align']} was saved with restandardize={heads.restandardize}; "
                 f"using the config's Align.restandardize={cfg.align.restandardize}")
@@ -308,6 +317,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
             f"{len(data.train_fmri)} training trials (ridge, {alphas})")
         lea.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
+        lea.heads.provenance = alignment_provenance(paths["fmri"], to_dict(cfg.features))
         chosen = lea.heads.describe()
         log(f"{subject}: alignment alphas: decode {chosen['decode_alpha']}, encode {chosen['encode_alpha']}")
         saved = lea.heads.save(folder / "align.pt")
@@ -357,6 +367,8 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
         "restandardize": cfg.align.restandardize,
+        "consistency": weights.consistency + align_checks,
+        "accepted_mismatches": list(cfg.checkpoints.accept_mismatch),
         "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
                                if cfg.align.restandardize else "off: no test-set statistics are used"),
         "predicted_fmri_units": ("normalised with the training fMRI's scalar mean/std "
@@ -445,4 +457,4 @@ def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
-    return guarded(lambda folders: run(args, spec, argv, folders) and EXIT_OK, spec.script)
+    return guarded(lambda folders: run(args, spec, argv, folders), spec.script)
