@@ -38,7 +38,8 @@ from scipy.special import logsumexp
 from datasets.common import SubjectData
 from datasets.simulate import ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
 from evaluation.metrics import STIMULI_CEILING, Metric, n_way_top1, skipped
-from models.image_features import GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures, features_of
+from models.image_features import (GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures,
+                                   features_of)
 from utils.errors import DataError, describe
 
 ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # shape, palette, orientation, frequency, layout
@@ -75,7 +76,8 @@ def read_categories(path: Path) -> dict[int, dict]:
     return entries
 
 
-def stimulus_categories(data: SubjectData, categories: dict[int, dict], ground_truth: Path) -> tuple[np.ndarray, np.ndarray]:
+def stimulus_categories(data: SubjectData, categories: dict[int, dict],
+                        ground_truth: Path) -> tuple[np.ndarray, np.ndarray]:
     """Category id of every training image [M] and test image [T] of a simulated subject.
 
     GOD: from the loader's class labels (categories.json `class_id`); BOLD5000: from the
@@ -194,7 +196,8 @@ class SemanticScorer:
         t, s = images.shape[:2]
         if t != len(self.test_attributes):
             raise DataError(describe("images to classify", f"{len(self.test_attributes)} test trials", t))
-        log_probs = [lp.reshape(t, s, -1) for lp in self.classifier.log_probs(images.reshape(t * s, *images.shape[2:]))]
+        flat = images.reshape(t * s, *images.shape[2:])  # [T*S, H, W, 3]
+        log_probs = [lp.reshape(t, s, -1) for lp in self.classifier.log_probs(flat)]  # per attribute [T, S, k]
         out, rates, chances = [], [], []
         for a, (name, lp) in enumerate(zip(ATTRIBUTES, log_probs)):
             correct = (lp.argmax(-1).numpy() == self.test_attributes[:, a, None])  # [T, S]

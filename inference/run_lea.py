@@ -416,8 +416,9 @@ def headline(report: SubjectReport) -> str:
     for table in report.tables:
         columns = table["columns"][1:]
         lines.append(f"{table['title']}:")
-        lines += [f"  {row[0]:<36} " + ", ".join(f"{c} {v}" for c, v in zip(columns, row[1:]) if v not in ("–", "skipped"))
-                  for row in table["rows"]]
+        for row in table["rows"]:
+            cells = [f"{c} {v}" for c, v in zip(columns, row[1:]) if v not in ("–", "skipped")]
+            lines.append(f"  {row[0]:<36} " + ", ".join(cells))
     return "\n  ".join(lines)
 
 

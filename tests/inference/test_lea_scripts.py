@@ -101,7 +101,8 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     for stage in ("tokenizer_round_trip", "decoded_from_true_features", "retrieval_baseline", "lea_decoded"):
         assert 0.0 <= diag[f"{stage}/handcrafted_pairwise_pcc"]["value"] <= 1.0, stage
         assert diag[f"{stage}/sim_attribute_accuracy"]["value"] is not None, stage
-    assert diag["stimuli/sim_attribute_accuracy"]["value"] == dec["sim_attribute_accuracy"]["details"]["stimuli_ceiling"]
+    ceiling = dec["sim_attribute_accuracy"]["details"]["stimuli_ceiling"]
+    assert diag["stimuli/sim_attribute_accuracy"]["value"] == ceiling
     assert diag["lea_decoded/sample_diversity"]["value"] > 0          # two samples per trial
     assert diag["retrieval_baseline/sample_diversity"]["skipped"]     # one image per trial
 
