@@ -101,9 +101,9 @@ def sample_diversity(features: torch.Tensor, gt_features: torch.Tensor) -> M.Met
     t, s = features.shape[:2]
     if s < 2:
         return M.skipped(DIVERSITY, "one sample per trial")
-    unit = M._unit_rows(features.double().numpy(), centre=True)  # [T, S, D]
+    unit = M.unit_rows(features.double().numpy(), centre=True)  # [T, S, D]
     within = np.mean([1.0 - (unit[:, a] * unit[:, b]).sum(-1) for a, b in combinations(range(s), 2)], axis=0)  # [T]
-    g = M._unit_rows(gt_features.double().numpy(), centre=True)  # [T, D]
+    g = M.unit_rows(gt_features.double().numpy(), centre=True)  # [T, D]
     between = 1.0 - (g @ g.T)[~np.eye(t, dtype=bool)].mean()
     return M.Metric(DIVERSITY, float(within.mean() / between), None,
                     details={"within_trial_distance": float(within.mean()), "between_stimuli_distance": float(between),

@@ -215,7 +215,7 @@ def _sum_sq_diff(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return np.maximum(ssd, 0.0)
 
 
-def _unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
+def unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
     """L2-normalise the last axis (after centring when `centre`); zero-norm rows become nan."""
     if centre:
         x = x - x.mean(-1, keepdims=True)
@@ -231,12 +231,12 @@ def _similarity(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def _pearson_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` Pearson correlations (nan for a constant vector)."""
-    return _similarity(_unit_rows(gt, centre=True), _unit_rows(recon, centre=True))
+    return _similarity(unit_rows(gt, centre=True), unit_rows(recon, centre=True))
 
 
 def _cosine_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` cosine similarities (nan for a zero vector)."""
-    return _similarity(_unit_rows(gt, centre=False), _unit_rows(recon, centre=False))
+    return _similarity(unit_rows(gt, centre=False), unit_rows(recon, centre=False))
 
 
 def _box_mean_valid(x: torch.Tensor) -> torch.Tensor:

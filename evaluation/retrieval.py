@@ -6,7 +6,6 @@ fMRI. That baseline tells how much of a decoder's score the alignment alone
 explains, and how much the generator adds or loses.
 
     indices = nearest_training_images(predicted [T, D], train_features [M, D], k=1)   # [T, k]
-    nearest = nearest_training(predicted [T, D], train_features [M, D])              # [T], the best only
     indices, images = retrieve_images(predicted, train_features, train_images)          # images [T, k, H, W, 3]
 
 Similarity is Pearson correlation ('pcc', the feature-identification score of
@@ -17,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.metrics import _unit_rows
+from evaluation.metrics import unit_rows
 from utils.errors import ConfigError, DataError, describe
 
 RETRIEVAL_METRICS = ("pcc", "cosine")
@@ -34,7 +33,7 @@ def similarity_to_training(query: torch.Tensor | np.ndarray, candidates: torch.T
                                  f"{list(q.shape)} and {list(c.shape)}"))
     centre = metric == "pcc"
     # a constant (pcc) or zero (cosine) row has no direction: similarity 0 to everything
-    q_unit, c_unit = (np.nan_to_num(_unit_rows(x.double().numpy(), centre)) for x in (q, c))
+    q_unit, c_unit = (np.nan_to_num(unit_rows(x.double().numpy(), centre)) for x in (q, c))
     return torch.from_numpy(q_unit @ c_unit.T)  # [T, M]
 
 
@@ -47,11 +46,6 @@ def nearest_training_images(query: torch.Tensor | np.ndarray, candidates: torch.
     # stable sort of the negated similarities: equal scores keep the lower index first
     order = torch.sort(-sims, dim=1, stable=True).indices[:, :k]  # [T, k]
     return order.numpy().astype(np.int64)
-
-
-def nearest_training(predicted: torch.Tensor | np.ndarray, train_features: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Index of the training image nearest (Pearson r) to each predicted feature: `[T, D]`, `[M, D]` -> `[T]`."""
-    return nearest_training_images(predicted, train_features, k=1)[:, 0]
 
 
 def retrieve_images(query: torch.Tensor | np.ndarray, candidates: torch.Tensor | np.ndarray,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.retrieval import nearest_training, nearest_training_images, retrieve_images, similarity_to_training
+from evaluation.retrieval import nearest_training_images, retrieve_images, similarity_to_training
 from utils.errors import ConfigError, DataError
 
 
@@ -12,7 +12,6 @@ def test_nearest_by_pcc_and_cosine_differ_where_they_should():
     query = torch.tensor([[1.1, 2.0, 2.9], [5.0, 5.0, 5.0 + 1e-3]])
     # pcc ignores the offset: [10, 10, 10.5] is an increasing vector like the first query
     assert nearest_training_images(query, candidates, k=2).tolist() == [[0, 1], [1, 0]]
-    assert nearest_training(query.numpy(), candidates.numpy()).tolist() == [0, 1]
     # cosine: the near-constant query is closest to the near-constant candidate
     assert nearest_training_images(query[1:], candidates, metric="cosine")[0, 0] == 1
     sims = similarity_to_training(query, candidates)
