@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from evaluation.metrics import STIMULI_CEILING, Metric, summarize, to_csv_rows
+from evaluation.metrics import CI_KEY, CSV_FIELDS, STIMULI_CEILING, Metric, summarize, to_csv_rows
 
-CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
+CSV_COLUMNS = ("subject", "section", *CSV_FIELDS)
 VALUE_DIGITS = 4
 SECTIONS = ("decoding", "encoding")
 
@@ -50,7 +50,7 @@ class SubjectReport:
 
 
 def csv_rows(report: SubjectReport) -> list[dict[str, Any]]:
-    """One row per metric: subject, section, name, value, chance, skipped."""
+    """One row per metric: subject, section and the metric's CSV fields."""
     return [{"subject": report.subject, "section": section, **row}
             for section, metrics in report.metrics.items() for row in to_csv_rows(metrics)]
 
@@ -68,15 +68,26 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.{VALUE_DIGITS}f}"
 
 
+def _interval(m: Metric) -> str:
+    ci = m.details.get(CI_KEY)
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+
+
+def _p_value(m: Metric) -> str:
+    p = m.details.get("p_value")
+    return "" if p is None else f"{p:.2g}"
+
+
 def _metric_table(report: SubjectReport) -> str:
-    lines = ["<table>", "<tr><th>section</th><th>metric</th><th>value</th><th>chance</th>"
-             "<th>note</th></tr>"]
+    lines = ["<table>", "<tr><th>section</th><th>metric</th><th>value</th><th>95% CI</th><th>chance</th>"
+             "<th>p vs chance</th><th>sd over samples</th><th>note</th></tr>"]
     for section, metrics in report.metrics.items():
         for m in metrics:
             ceiling = m.details.get(STIMULI_CEILING)
             note = m.skipped or (f"ceiling (true test stimuli) {_fmt(ceiling)}" if ceiling is not None else "")
             lines.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(m.name)}</td>"
-                         f"<td>{_fmt(m.value)}</td><td>{_fmt(m.chance)}</td>"
+                         f"<td>{_fmt(m.value)}</td><td>{_interval(m)}</td><td>{_fmt(m.chance)}</td>"
+                         f"<td>{_p_value(m)}</td><td>{_fmt(m.details.get('sd_over_samples'))}</td>"
                          f"<td>{html.escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)

@@ -24,12 +24,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from datasets import load_subject
+from datasets import load_subject, normalisation_options
 from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, resolve_device
+from models.lea import LEA, maskgit_condition_recipe, resolve_device
 from models.provenance import MISMATCH_NAMES, alignment_provenance
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
@@ -42,11 +42,11 @@ from utils.precision import precision_name, resolve_precision
 from utils.run_files import resolve
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
+from inference.evaluate import evaluate_subject, load_scoring_tools, n_way_for, summary_lines
 from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
 from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
 from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
 
-DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
 FEATURE_CACHE_KEY = "stimuli"
 
@@ -102,6 +102,16 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
     p.add_argument("--classifier-weights", default=None,
                    help="torchvision ViT-H/14 ImageNet weights (vit_h_14_swag-80465313.pth) for the n-way "
                         "semantic accuracy; skipped without it")
+    p.add_argument("--test-normalisation", choices=("train", "release"),
+                   help="GOD test fMRI normalisation (Data.test_normalisation): train statistics, or the release's "
+                        "quirk that leaves it in raw units")
+    p.add_argument("--stats-from", choices=("train", "all"),
+                   help="BOLD5000 normalisation statistics (Data.stats_from): training trials, or all trials as "
+                        "the release")
+    p.add_argument("--fid-weights", help="FID Inception weights file (pytorch-fid / torch-fidelity "
+                                         "pt_inception-2015-12-05-6726825d.pth) for FID; skipped without it")
+    p.add_argument("--lpips-weights", help="ALEXNET,LINEAR: torchvision AlexNet and the lpips v0.1 linear-layer "
+                                           "files for LPIPS identification; skipped without them")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set Align.restandardize=false (repeatable)")
     p.add_argument("--accept-mismatch", action="append", default=[], choices=MISMATCH_NAMES,
@@ -122,7 +132,10 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
                                    repr(cfg.data.dataset)))
     for option, (section, name) in {"fmri_ckpt": ("checkpoints", "fmri"), "tokenizer_ckpt": ("checkpoints", "tokenizer"),
                                     "maskgit_ckpt": ("checkpoints", "maskgit"), "align": ("checkpoints", "align"),
-                                    "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps")}.items():
+                                    "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps"),
+                                    "test_normalisation": ("data", "test_normalisation"),
+                                    "stats_from": ("data", "stats_from"), "fid_weights": ("eval", "fid_weights"),
+                                    "lpips_weights": ("eval", "lpips_weights")}.items():
         value = getattr(args, option)
         if value is not None:
             setattr(getattr(cfg, section), name, value)
@@ -206,25 +219,6 @@ def preflight(cfg: LEAConfig, spec: ScriptSpec, demo: bool) -> None:
 # Metrics
 # ---------------------------------------------------------------------------
 
-def n_way_for(count: int) -> int | None:
-    """n of the n-way accuracies: the paper's 50, at most the number of items; None below 3 items."""
-    return min(DEFAULT_N_WAY, count) if count >= 3 else None
-
-
-def decoding_metrics(gt: np.ndarray, decoded: np.ndarray, gt_features: torch.Tensor,
-                     decoded_features: torch.Tensor, backend: str, classifier, classifier_reason) -> list[M.Metric]:
-    """Image-side metrics; `gt` [T, H, W, 3] at the decoded resolution, `decoded` [T, S, H, W, 3]."""
-    out = [M.classifier_n_way(gt, decoded, classifier, skip_reason=classifier_reason)]
-    out.append(M.feature_identification(gt_features, decoded_features, "pcc", name=f"{backend}_pairwise_pcc"))
-    n = n_way_for(len(gt))
-    if n is not None:
-        out.append(M.feature_n_way_top1(gt_features, decoded_features, n, "pcc",
-                                        name=f"{backend}_{n}way_top1_pcc"))
-    out += [M.pairwise_identification(gt, decoded, score) for score in ("mse", "pcc", "ssim")]
-    out += [M.lpips_identification(gt, decoded), M.fid(gt, decoded)]
-    return out
-
-
 def ground_truth_file(data_path: str, dataset: str, subject: str) -> Path | None:
     """The simulator's noise-free responses for a subject, found above the data folder; None for real data."""
     for parent in [Path(data_path), *Path(data_path).parents][:4]:
@@ -254,19 +248,13 @@ def read_noise_free(path: Path, data: SubjectData) -> np.ndarray:
     return clean
 
 
-def encoding_metrics(data: SubjectData, predicted: np.ndarray, truth_path: Path | None) -> list[M.Metric]:
-    measured, roi_patch, roi_names = data.test_fmri, data.roi_patch, data.roi_names
-    out = M.encoding_pearson(measured, predicted, roi_patch, roi_names)
-    out += M.encoding_mse(measured, predicted, roi_patch, roi_names)
-    out += M.fmri_identification(measured, predicted, n_way=n_way_for(len(measured)))
-    r = M.voxelwise_pearson(measured, predicted)
+def simulator_scores(truth_path: Path | None, data: SubjectData):
+    """Predicted fMRI [T, V] -> fraction of the simulator's true noise ceiling (none for recorded data)."""
     if truth_path is None:
-        reason = "needs the simulator's noise-free responses (ground_truth/); not available for recorded data"
-        out += [M.skipped(name, reason) for name in ("noise_ceiling_mean_r", "fraction_of_noise_ceiling",
-                                                     "median_voxel_fraction_of_ceiling")]
-    else:
-        out += M.noise_ceiling_fraction(r, read_noise_free(truth_path, data), measured=measured)
-    return out
+        return lambda predicted: []
+    noise_free = read_noise_free(truth_path, data)
+    return lambda predicted: M.noise_ceiling_fraction(M.voxelwise_pearson(data.test_fmri, predicted), noise_free,
+                                                      measured=data.test_fmri, prefix="simulator_")
 
 
 # ---------------------------------------------------------------------------
@@ -289,11 +277,13 @@ def checkpoint_record(path: Path) -> dict[str, str]:
 def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
                 device: torch.device, dtype: torch.dtype | None, classifier, classifier_reason, progress: bool,
                 log) -> SubjectReport:
+    features = feature_function(extractor, cfg.features.cache_dir, progress)
+    tools = load_scoring_tools(cfg, features, extractor.name, classifier, classifier_reason)
     data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
-                        config_file=config_path)
+                        config_file=config_path, **normalisation_options(cfg.data.dataset, cfg.data.test_normalisation,
+                                                                          cfg.data.stats_from))
     paths = checkpoint_paths(cfg, subject)
     weights = load_subject_weights(cfg, paths, data, cfg.checkpoints.fmri_config, cfg.checkpoints.maskgit_config, log)
-    features = feature_function(extractor, cfg.features.cache_dir, progress)
     lea = LEA(weights.fmri_ae, weights.maskgit, weights.tokenizer, features, device=device, dtype=dtype,
               batch_size=cfg.batch_size, progress=progress)
 
@@ -307,6 +297,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
             log(f"{subject}: {paths['align']} was saved with restandardize={heads.restandardize}; "
                 f"using the config's Align.restandardize={cfg.align.restandardize}")
         heads.restandardize = cfg.align.restandardize
+        heads.restandardize_std = cfg.align.restandardize_std
         lea.heads = heads
         lea._check_sizes()
         records["align"] = checkpoint_record(paths["align"])
@@ -339,8 +330,6 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     save_image_files(folder / "images", gt, images)
 
     log(f"{subject}: scoring")
-    decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
-    decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
     scorer, semantic_reason = semantic_scorer_or_reason(data, cfg.data.path, stimuli=gt)
     log(f"{subject}: diagnostics (tokenizer round trip, decoding from true features, retrieval)")
@@ -352,21 +341,25 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
                     feature_fn=lambda x: features_of(extractor, x), backend=extractor.name,
                     n_way=n_way_for(len(gt)), scorer=scorer, semantic_reason=semantic_reason)
     save_png(folder / DIAGNOSTICS_FIGURE, diag.figure)
-    metrics = {
-        "decoding": (scorer.score(images) if scorer else skipped_semantic(semantic_reason))
-        + decoding_metrics(gt, images, features(gt), decoded_feats, extractor.name, classifier, classifier_reason),
-        "encoding": encoding_metrics(data, encoded.fmri, truth),
-        "diagnostics": diag.metrics,
-    }
+    metrics, eval_settings, charts = evaluate_subject(
+        lea, data, cfg, decoded, encoded, gt, tools, folder, simulator_scores(truth, data), log,
+        extra={"decoding": scorer.score(images) if scorer else skipped_semantic(semantic_reason),
+               "diagnostics": diag.metrics})
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "guidance_scale": cfg.sampling.guidance_scale,
+        "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
+        "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
+                          else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
-        "restandardize": cfg.align.restandardize,
+        "restandardize": cfg.align.restandardize, "restandardize_std": cfg.align.restandardize_std,
+        "test_normalisation": cfg.data.test_normalisation, "stats_from": cfg.data.stats_from,
+        **eval_settings,
         "consistency": weights.consistency + align_checks,
         "accepted_mismatches": list(cfg.checkpoints.accept_mismatch),
         "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
@@ -387,7 +380,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
                  DIAGNOSTICS_FIGURE,
              "measured vs predicted fMRI per ROI": "sample_fmri.png",
              "decoded_images.npy": "decoded_images.npy", "predicted_fmri.npy": "predicted_fmri.npy",
-             "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
+             **charts, "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
     if (folder / "align.pt").is_file():
         files["alignment heads"] = "align.pt"
     report = SubjectReport(subject=subject, dataset=data.dataset, folder=subject, metrics=metrics,
@@ -422,6 +415,14 @@ def headline(report: SubjectReport) -> str:
     return "\n  ".join(lines)
 
 
+def rerun_hint(run_dir: Path) -> str:
+    """How to go on after an unfinished run: run again, reusing alignment heads it already fitted."""
+    fitted = sorted(run_dir.glob("*/align.pt"))
+    reuse = f"; add --align {run_dir}/{{subject}}/align.pt to reuse the heads fitted for " \
+            f"{', '.join(p.parent.name for p in fitted)}" if fitted else ""
+    return f"run the command again (a new results folder is made; {run_dir} is kept as it is){reuse}"
+
+
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
@@ -437,15 +438,19 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
-    folders.started(run_dir, f"run the command again (a new results folder is made; {run_dir} is kept as it is)")
+    folders.started(run_dir, lambda: rerun_hint(run_dir))
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
         reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
                                    classifier, classifier_reason, progress, log))
         log(f"{subject}: {headline(reports[-1])}")
+        for line in summary_lines(subject, reports[-1].metrics, reports[-1].settings["headline_mode"].split(":")[0]):
+            log(line)
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
-                "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),
+                "restandardize": cfg.align.restandardize, "restandardize_std": cfg.align.restandardize_std,
+                "test_normalisation": cfg.data.test_normalisation, "stats_from": cfg.data.stats_from,
+                "device": str(device), "precision": precision_name(dtype),
                 "seconds": round(time.time() - started, 1), "command": " ".join(["python", spec.script, *argv])}
     write_run_report(run_dir, reports, cfg.name, run_info)
     folders.finished(run_dir)

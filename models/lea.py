@@ -74,6 +74,20 @@ def network_from_payload(kind: str, payload: Any, path: str | Path,
     return model.eval()
 
 
+CONDITION_AUGMENTATION_KEYS = ("condition_drop", "condition_noise", "condition_shrink")
+
+
+def maskgit_condition_recipe(path: str | Path) -> dict:
+    """How a MaskGIT model file was trained to take its condition: the Loss.condition_* values of
+    its training config (absent keys, e.g. in files from before these options, count as 0 = off)."""
+    payload = safe_torch_load(path)
+    loss = (payload.get("config") or {}).get("Loss") or {} if isinstance(payload, dict) else {}
+    recipe = {k: float(loss.get(k, 0.0)) for k in CONDITION_AUGMENTATION_KEYS}
+    recipe["note"] = ("condition augmentation on (noise / shrink / drop as listed)" if any(recipe.values())
+                      else "off: the release's training (no condition noise, no condition dropout)")
+    return recipe
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cpu' / 'cuda' as given."""
     if name == "auto":
@@ -223,7 +237,8 @@ class LEA:
                 tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
                                                schedule=sampling.schedule,
                                                choice_temperature=sampling.choice_temperature,
-                                               generator=generator)  # [b, S, N]
+                                               generator=generator,
+                                               guidance_scale=sampling.guidance_scale)  # [b, S, N]
                 pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S, 3, H, W]
             batch = to_uint8(pixels)  # [b*S, H, W, 3]
             images.append(batch.reshape(len(cond), samples, *batch.shape[1:]))  # [b, S, H, W, 3]
