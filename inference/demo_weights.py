@@ -30,7 +30,7 @@ from typing import Callable
 from utils.errors import CheckpointError, describe
 from utils.io import atomic_write_text, file_sha256, new_run_dir
 
-SHIPPED_DIR = Path("demo_weights")
+SHIPPED_DIR = Path("demo_weights")  # where shipped files would go (none are shipped yet)
 MANIFEST_NAME = "MANIFEST.json"
 MAX_TOTAL_BYTES = 20 * 1024 * 1024  # the shipped image-side weights stay under 20 MB
 RETRAIN_ROOT = Path("checkpoints/demo")
