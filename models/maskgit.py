@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from models.layers import multi_head_attention, to_autocast_dtype
 from utils.config import register_model_config
@@ -241,5 +242,5 @@ class MaskGITTransformer(nn.Module):
             remask = confidence.topk(n_mask, dim=-1, largest=False).indices  # [B*S, n_mask]
             ids = sampled.scatter(1, remask, self.mask_token_id)
             history.append(n_mask)
-        tokens = ids.reshape(B, num_samples, N)  # [B, S, N]
+        tokens = rearrange(ids, "(b s) n -> b s n", s=num_samples)  # [B, S, N]
         return (tokens, history) if return_history else tokens

@@ -6,9 +6,8 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from utils.io import atomic_write_bytes
@@ -89,16 +88,8 @@ def read_log(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Write float images [N, 3, H, W] in [0, 1] as one PNG grid (rows of `nrow`), atomically."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    n, _, h, w = images.shape
-    cols = min(nrow, n)
-    rows = -(-n // cols)
-    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    pixels = (images.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)  # [N, H, W, 3]
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = pixels[i]
+    """Write float images [N, 3, H, W] in [0, 1] as one PNG grid (rows of `nrow`, no gaps), atomically."""
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=min(nrow, len(images)), padding=0)
     buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
+    save_image(grid, buf, format="PNG")  # [3, rows*H, cols*W]
     return atomic_write_bytes(path, buf.getvalue())
