@@ -41,11 +41,14 @@ MODEL_FILE_KEYS = ("model", "kind", "model_config")
 
 
 def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
-    """Build and strictly load a network from a final model file of `train.py`.
+    """Build and strictly load a network from a final model file of `train.py`, or from the
+    Hub-style folder written beside it (`Network.from_pretrained`).
 
     The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
     read with `torch.load(weights_only=True)`.
     """
+    if Path(path).is_dir():
+        return NETWORKS[kind][0].from_pretrained(path)
     payload = safe_torch_load(path)
     if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from models.layers import multi_head_attention, to_autocast_dtype
+from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
@@ -138,8 +139,11 @@ class PostNormLayer(nn.Module):
         return self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x)))))
 
 
-class MaskGITTransformer(nn.Module):
+class MaskGITTransformer(PretrainedMixin, nn.Module):
     """Bidirectional token transformer conditioned on one feature vector per image."""
+
+    pretrained_kind = "maskgit"  # the `kind` train.py writes
+    config_class = MaskGITConfig
 
     def __init__(self, config: MaskGITConfig):
         super().__init__()

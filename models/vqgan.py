@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
@@ -200,8 +201,11 @@ class VectorQuantizer(nn.Module):
         return rearrange(self.embedding(indices), "b h w d -> b d h w")  # [B, D, h, w]
 
 
-class VQGAN(nn.Module):
+class VQGAN(PretrainedMixin, nn.Module):
     """MaskGIT VQGAN tokenizer (encoder, `quantizer`, decoder)."""
+
+    pretrained_kind = "tokenizer"  # the `kind` train.py writes
+    config_class = VQGANConfig
 
     def __init__(self, config: VQGANConfig):
         super().__init__()

@@ -107,6 +107,7 @@ def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[
     heads = AlignmentHeads.from_config(cfg.align).fit(train_latents, train_feats[train_index])
     run_dir = new_run_dir(Path(cfg.checkpoints.align.format(subject=subject)).parent, run_name or cfg.name)
     heads.save(run_dir / FINAL_NAME)
+    heads.save_pretrained(run_dir / Path(FINAL_NAME).stem)
     report = {"subject": subject, "dataset": data.dataset, "fmri_checkpoint": ckpt,
               "features": to_dict(cfg.features), "heads": heads.describe(),
               "restandardize_uses_test_statistics": heads.restandardize,
