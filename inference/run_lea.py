@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datasets import load_subject
 from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
-from models.alignment import AlignmentHeads
-from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, check_fmri_fits, load_trained_network, resolve_device
+from models.image_features import ImageFeatureExtractor, build_image_features_from_config, features_of
+from models.lea import resolve_device
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
+from inference.api import LEA, checkpoint_paths
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
 from utils.io import atomic_save_npy, file_sha256, new_run_dir
@@ -43,7 +42,6 @@ from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save
 
 DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
-FEATURE_CACHE_KEY = "stimuli"
 
 
 @dataclass(frozen=True)
@@ -149,12 +147,6 @@ PAPER_STAGE_CONFIGS = {"tokenizer": "configs/MaskGIT_AE.yaml", "maskgit": "confi
 CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
                    "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
                    "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
-
-
-def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
-    c = cfg.checkpoints
-    return {"fmri": Path(c.fmri.format(subject=subject)), "tokenizer": Path(c.tokenizer),
-            "maskgit": Path(c.maskgit), "align": Path(c.align.format(subject=subject))}
 
 
 def missing_checkpoint_message(kind: str, path: Path, spec: ScriptSpec, subject: str, demo: bool) -> str:
@@ -265,13 +257,18 @@ def encoding_metrics(data: SubjectData, predicted: np.ndarray, truth_path: Path 
 # One subject
 # ---------------------------------------------------------------------------
 
-def feature_function(extractor: ImageFeatureExtractor, cache_dir: str | None, progress: bool):
-    """uint8 images [N, H, W, 3] -> features [N, D], cached on disk when `cache_dir` is set."""
-    def features(images: np.ndarray) -> torch.Tensor:
-        if cache_dir:
-            return cached_features(extractor, images, cache_dir, FEATURE_CACHE_KEY, progress=progress)
-        return features_of(extractor, images)
-    return features
+def score_subject(lea: LEA, images: np.ndarray, predicted: np.ndarray, classifier,
+                  classifier_reason: str | None) -> dict[str, list[M.Metric]]:
+    """Both directions' metrics for the subject's test set: `images` uint8 [T, S, H, W, 3] decoded
+    from its trials, `predicted` [T, V] encoded from its images (`LEA.evaluate` calls this)."""
+    data, extractor = lea.data, lea.extractor
+    gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
+    decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
+    decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
+    truth = ground_truth_file(lea.config.data.path, data.dataset, data.subject)
+    return {"decoding": decoding_metrics(gt, images, lea.pipeline.image_features(gt), decoded_feats,
+                                         extractor.name, classifier, classifier_reason),
+            "encoding": encoding_metrics(data, predicted, truth)}
 
 
 def checkpoint_record(path: Path) -> dict[str, str]:
@@ -281,65 +278,36 @@ def checkpoint_record(path: Path) -> dict[str, str]:
 def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
                 device: torch.device, dtype: torch.dtype | None, classifier, classifier_reason, progress: bool,
                 log) -> SubjectReport:
-    data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
-                        config_file=config_path)
-    paths = checkpoint_paths(cfg, subject)
-    fmri_ae = load_trained_network("fmri_autoencoder", paths["fmri"])
-    check_fmri_fits(fmri_ae, data.roi_patch, str(paths["fmri"]), subject)
-    tokenizer = load_trained_network("tokenizer", paths["tokenizer"])
-    maskgit = load_trained_network("maskgit", paths["maskgit"])
-    features = feature_function(extractor, cfg.features.cache_dir, progress)
-    lea = LEA(fmri_ae, maskgit, tokenizer, features, device=device, dtype=dtype,
-              batch_size=cfg.batch_size, progress=progress)
+    lea = LEA.from_config(cfg, subject, device, extractor=extractor, progress=progress, log=log,
+                          config_path=config_path)
+    data, paths = lea.data, lea.checkpoints
 
     folder = run_dir / subject
     folder.mkdir()
     records = {k: checkpoint_record(p) for k, p in paths.items() if k != "align"}
-    if paths["align"].is_file():
-        heads = AlignmentHeads.load(paths["align"])
-        if heads.restandardize != cfg.align.restandardize:
-            log(f"{subject}: {paths['align']} was saved with restandardize={heads.restandardize}; "
-                f"using the config's Align.restandardize={cfg.align.restandardize}")
-        heads.restandardize = cfg.align.restandardize
-        lea.heads = heads
-        lea._check_sizes()
-        records["align"] = checkpoint_record(paths["align"])
-        align_source = str(paths["align"])
+    if lea.heads_source is not None:
+        records["align"] = checkpoint_record(lea.heads_source)
+        align_source = str(lea.heads_source)
     else:
-        alphas = (f"alphas by {cfg.align.cv_folds}-fold CV over {cfg.align.alphas}" if cfg.align.alphas else
-                  f"decode alpha {cfg.align.decode_alpha}, encode alpha {cfg.align.encode_alpha}")
-        log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
-            f"{len(data.train_fmri)} training trials (ridge, {alphas})")
-        lea.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
-        chosen = lea.heads.describe()
-        log(f"{subject}: alignment alphas: decode {chosen['decode_alpha']}, encode {chosen['encode_alpha']}")
         saved = lea.heads.save(folder / "align.pt")
         records["align"] = checkpoint_record(saved)
         align_source = f"fitted on the training set, saved to {subject}/align.pt"
 
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     log(f"{subject}: decoding {len(data.test_fmri)} test trials x {cfg.sampling.num_samples} samples")
-    decoded = lea.decode(data.test_fmri, cfg.sampling, generator=generator)
+    images = lea.decode(data.test_fmri)                         # [T, S, H, W, 3]
     log(f"{subject}: encoding {len(data.test_images)} test images")
-    encoded = lea.encode(data.test_images)
+    predicted = lea.encode(data.test_images)                    # [T, V]
 
-    images = decoded.images                                     # [T, S, H, W, 3]
     gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
     atomic_save_npy(folder / "decoded_images.npy", images)
-    atomic_save_npy(folder / "predicted_fmri.npy", encoded.fmri.astype(np.float32))
+    atomic_save_npy(folder / "predicted_fmri.npy", predicted)
     save_png(folder / "sample_image.png", sample_grid(gt, images, max_rows=GRID_MAX_ROWS))
-    save_png(folder / "sample_fmri.png", fmri_scatter(data.test_fmri, encoded.fmri, data.roi_names, data.roi_patch))
+    save_png(folder / "sample_fmri.png", fmri_scatter(data.test_fmri, predicted, data.roi_names, data.roi_patch))
     save_image_files(folder / "images", gt, images)
 
     log(f"{subject}: scoring")
-    decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
-    decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
+    metrics = lea.evaluate(images, predicted, classifier=(classifier, classifier_reason))
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
-    metrics = {
-        "decoding": decoding_metrics(gt, images, features(gt), decoded_feats, extractor.name,
-                                     classifier, classifier_reason),
-        "encoding": encoding_metrics(data, encoded.fmri, truth),
-    }
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
