@@ -16,6 +16,7 @@ import yaml
 from datasets import load_subject
 from datasets.simulate import BOLD_DIR, GOD_DIR
 from tests.models.test_lea_pipeline import FEATURE_DIM, IMAGE_SIZE, tiny_configs, write_model_file
+from inference import LEA
 from inference.run_lea import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +124,9 @@ def test_script_end_to_end(dataset, sim_root, tmp_path):
     (run,) = run_dirs(tmp_path)
     assert f"results: {run}" in result.stdout
     check_run_folder(run, dataset, subject)
+    reopened = LEA.from_run(run, device="cpu")                  # the Python API reproduces the script's output
+    assert reopened.heads_source == run / subject / "align.pt"
+    assert np.array_equal(reopened.decode(reopened.data.test_fmri), np.load(run / subject / "decoded_images.npy"))
 
     # a second run with the saved heads writes a new folder and leaves the first one alone
     first = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
