@@ -31,6 +31,7 @@ from tqdm import tqdm
 from datasets import bold5000 as bold
 from datasets import god
 from utils.errors import ConfigError, describe
+from utils.io import progress_wanted
 
 GENERATOR = "datasets.simulate"
 GROUND_TRUTH_DIR = "ground_truth"
@@ -681,9 +682,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=None, help="image side (default: the scale's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a folder this tool wrote before")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (also off when stdout or stderr is not a terminal)")
     args = parser.parse_args(argv)
     out = simulate(args.out, scale=args.scale, seed=args.seed, image_size=args.image_size,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, progress=progress_wanted(not args.no_progress))
     print(f"wrote {out}/{GOD_DIR}, {out}/{BOLD_DIR} and {out}/{GROUND_TRUTH_DIR}")
 
 

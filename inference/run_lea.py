@@ -35,7 +35,7 @@ from utils.config import LEAConfig, load_config, save_config
 from inference.api import LEA, checkpoint_paths
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
-from utils.io import atomic_save_npy, file_sha256, new_run_dir
+from utils.io import atomic_save_npy, file_sha256, new_run_dir, progress_wanted
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
@@ -98,7 +98,9 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
                    help="config override, e.g. --set Align.restandardize=false (repeatable)")
     p.add_argument("--demo", action="store_true",
                    help="use the demo config: simulate data and train the small demo weights when missing")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars, also in the training stages --demo starts (they are off "
+                        "whenever stdout or stderr is not a terminal)")
     return p
 
 
@@ -356,7 +358,7 @@ def headline(report: SubjectReport) -> str:
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
-    progress = not args.no_progress
+    progress = progress_wanted(not args.no_progress)
     log = print
     if args.demo:
         prepare_demo(cfg, spec, progress=progress, log=log)

@@ -316,7 +316,7 @@ class Trainer:
     def fit(self) -> Optional[Path]:
         """Train to max_steps; return the final model-only file (rank 0) or None."""
         logger = RunLogger(self.run_dir, self.train.max_steps, self.step, enabled=self.info.is_main,
-                           desc=f"{self.stage.kind}")
+                           desc=f"{self.stage.kind}", progress=self.train.progress)
         batches = self._batches()
         accum = self.train.grad_accum
         self.model.train()

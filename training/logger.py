@@ -19,11 +19,12 @@ FIXED_COLUMNS = ("step", "lr", "time_s")
 class RunLogger:
     """Writes one CSV row per logged step; columns are fixed by the first row.
 
-    `enabled=False` (ranks other than 0) turns every method into a no-op.
+    `enabled=False` (ranks other than 0) turns every method into a no-op; `progress=False` keeps the
+    CSV and TensorBoard logs but shows no bar.
     """
 
     def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, desc: str = "train"):
+                 enabled: bool = True, desc: str = "train", progress: bool = True):
         self.enabled = enabled and run_dir is not None
         self.columns: list[str] | None = None
         self.start_time = time.time()
@@ -32,7 +33,8 @@ class RunLogger:
         if not self.enabled:
             return
         self.path = Path(run_dir) / CSV_NAME
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
         self.tb = _tensorboard_writer(Path(run_dir) / "tensorboard")
 
     def step(self, losses: dict[str, float]) -> None:

@@ -95,14 +95,14 @@ def scores(heads: AlignmentHeads, latents: torch.Tensor, image_index: torch.Tens
 
 
 def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[str],
-                  log: Callable[[str], None]) -> Path:
+                  log: Callable[[str], None], progress: bool = True) -> Path:
     data = load_stage_subject(cfg.data, subject, source)
     ckpt = cfg.checkpoints.fmri.format(subject=subject)
     model = load_fmri_autoencoder(ckpt, data)
     train_latents = fmri_latents(model, data.train_fmri)  # [N, Df]
     test_latents = fmri_latents(model, data.test_fmri)  # [T, Df]
-    train_feats = image_features(cfg.features, data.train_images, f"{data.dataset}_{subject}_train_images")
-    test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images")
+    train_feats = image_features(cfg.features, data.train_images, f"{data.dataset}_{subject}_train_images", progress)
+    test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images", progress)
     train_index = torch.as_tensor(data.train_image_index, dtype=torch.long)
     heads = AlignmentHeads.from_config(cfg.align).fit(train_latents, train_feats[train_index])
     run_dir = new_run_dir(Path(cfg.checkpoints.align.format(subject=subject)).parent, run_name or cfg.name)
@@ -122,9 +122,9 @@ def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[
 
 
 def run_align(values: dict, source: str, info: DistInfo, run_name: Optional[str],
-              log: Callable[[str], None] = print) -> list[Path]:
+              log: Callable[[str], None] = print, progress: bool = True) -> list[Path]:
     """Fit and save the heads of every subject of Data.subjects (rank 0 only; closed form)."""
     cfg = config_from_dict(values, source, kind="lea")
     if not info.is_main:
         return []
-    return [align_subject(cfg, s, source, run_name, log) for s in cfg.data.subjects]
+    return [align_subject(cfg, s, source, run_name, log, progress) for s in cfg.data.subjects]

@@ -1,4 +1,4 @@
-"""Safe file output: atomic writes, time-stamped run folders, file hashes.
+"""Safe file output: atomic writes, time-stamped run folders, file hashes; whether the console is a terminal.
 
 Nothing here ever writes over an existing result: run folders get a fresh
 time-stamped name, and single files are written to a temporary name in the same
@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+
+def progress_wanted(requested: bool = True) -> bool:
+    """Progress bars only when asked for and both stdout and stderr are terminals: a log file or a
+    pipe gets plain lines instead of thousands of bar updates."""
+    return requested and sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
