@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
+from pathlib import Path
+from typing import Callable
 
 from training.distributed import DEVICE_CHOICES, cleanup_distributed, init_distributed
-from training.engine import Trainer, load_checkpoint, start_run_dir
-from utils.config import apply_overrides, read_yaml, save_config
-from utils.errors import ConfigError, LEAError
-from utils.io import progress_wanted
+from training.engine import LAST_CHECKPOINT, Trainer, load_checkpoint, start_run_dir
+from utils.config import apply_overrides, config_from_dict, read_yaml, save_config
+from utils.errors import ConfigError
+from utils.guard import RunFolders, guarded
+from utils.io import ensure_output_dir, progress_wanted
 
 STAGE_MODULES = {"fmri": "training.stage_fmri", "tokenizer": "training.stage_tokenizer",
                  "maskgit": "training.stage_maskgit", "align": "training.stage_align"}
@@ -42,7 +46,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def without_resume(argv: list[str]) -> list[str]:
+    """The command-line arguments less any --resume and its value."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--resume" or arg.startswith("--resume="):
+            skip = arg == "--resume"
+            continue
+        kept.append(arg)
+    return kept
+
+
+def continue_hint(argv: list[str], run_dir: Path) -> Callable[[], str]:
+    """How to go on from an unfinished run folder: resume from its last.pt, or start again when there is none."""
+    def hint() -> str:
+        if (run_dir / LAST_CHECKPOINT).is_file():
+            return "python " + shlex.join(["train.py", *without_resume(argv), "--resume", str(run_dir)])
+        return f"no checkpoint was saved yet in {run_dir}; run the command again"
+    return hint
+
+
+def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    folders = folders or RunFolders()
     args = parse_args(argv)
     overrides = list(args.overrides)
     if args.mask_ratio is not None:
@@ -53,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if not progress and args.stage != "align":
         overrides.append("Train.progress=false")
     values = apply_overrides(read_yaml(args.config), overrides)
+    checked = config_from_dict(values, args.config)   # every key and type checked before any data is read
+    if hasattr(checked, "train"):
+        ensure_output_dir(checked.train.out_dir)       # a folder that cannot be written fails before any work
     stage_module = importlib.import_module(STAGE_MODULES[args.stage])
     info = init_distributed(args.device)
     log = print if info.is_main else (lambda _msg: None)
@@ -68,19 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         for build in stages:
             stage = build(log)
             run_dir = start_run_dir(stage.config.train.out_dir, args.run_name or stage.run_name, info)
+            if info.is_main:
+                folders.started(run_dir, continue_hint(argv, run_dir))
             trainer = Trainer(stage, run_dir, info, resume=resume)
             if info.is_main:
                 save_config(stage.config, run_dir / "config.yaml")
                 log(f"{args.stage}: run folder {run_dir}" + (f" (resuming {resume['path']})" if resume else ""))
             trainer.fit()
+            folders.finished(run_dir)
     finally:
         cleanup_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except LEAError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(guarded(lambda folders: main(sys.argv[1:], folders), "train.py"))

@@ -24,6 +24,7 @@ from datasets.common import (SubjectData, check_array, check_finite, check_roi_p
                              require_file, scalar_stats)
 from datasets.safe_pickle import load_pickled_npy
 from utils.errors import ConfigError, DataError, describe
+from utils.io import load_npy
 
 DATASET = "BOLD5000"
 BOLD_SUBJECTS = ("CSI1", "CSI2", "CSI3", "CSI4")
@@ -59,6 +60,13 @@ def _beta_files(root: Path, subject: str) -> list[tuple[str, list[Path]]]:
                                          f"{available_subjects(root) or 'none'}", f"no subject {subject!r}"))
     groups = [(roi, [p for p in files if p.name.endswith(f"{roi}.npy")]) for roi in BOLD_ROIS]
     groups = [(roi, paths) for roi, paths in groups if paths]
+    for roi, paths in groups:
+        wanted = [folder / BETAS_FILE.format(subject=subject, hemi=hemi, roi=roi) for hemi in HEMISPHERES]
+        absent = [p for p in wanted if p not in paths]
+        if absent:
+            raise DataError(describe(absent[0], f"the {roi} betas of both hemispheres ({', '.join(HEMISPHERES)}) "
+                                                f"of {subject}; a missing hemisphere would quietly shrink the ROI",
+                                     f"no such file (found {[p.name for p in paths]})"))
     if not groups:
         raise DataError(describe(folder, f"files of {subject} ending in one of {BOLD_ROIS}",
                                  [p.name for p in files[:MAX_NAMES_SHOWN]]))
@@ -68,10 +76,10 @@ def _beta_files(root: Path, subject: str) -> list[tuple[str, list[Path]]]:
 def _load_betas(groups: list[tuple[str, list[Path]]]) -> tuple[np.ndarray, list[int]]:
     """Concatenate the ROI files' columns: [n_trials, V] float32 and voxels per ROI."""
     blocks, patch, num_trials, first = [], [], None, None
-    for _, paths in groups:
+    for roi, paths in groups:
         size = 0
         for path in paths:
-            betas = check_array(np.load(path, mmap_mode="r", allow_pickle=False), str(path),
+            betas = check_array(load_npy(path, f"betas [trials, voxels] of {roi}", mmap=True), str(path),
                                 ndim=2, kinds="f", shape=(num_trials, None))
             if num_trials is None:
                 num_trials, first = betas.shape[0], path

@@ -23,6 +23,7 @@ import numpy as np
 from datasets.common import (NO_LABEL, SubjectData, check_array, check_finite, check_images,
                              check_roi_patch, normalise, require_file, scalar_stats)
 from utils.errors import DataError, describe
+from utils.io import NpzArchive, open_npz
 
 DATASET = "GOD"
 GOD_SUBJECTS = tuple(f"sbj_{i}" for i in range(1, 6))
@@ -35,6 +36,7 @@ TRAIN_KEY, REPEATS_KEY, TEST_KEY, INDEX_KEY = "arr_0", "arr_1", "arr_2", "arr_3"
 TRAIN_IMAGES_KEY, TEST_IMAGES_KEY = "train_images", "test_images"
 POSITIONAL_KEY = re.compile(r"arr_\d+")
 FLOAT_KINDS, INT_KINDS, MASK_KINDS = "f", "iu", "biu"
+REPEAT_MEAN_TOLERANCE = 1e-3   # of arr_2's standard deviation: float rounding passes, a wrong grouping does not
 
 
 def available_subjects(root: Path) -> list[str]:
@@ -50,13 +52,6 @@ def _subject_file(root: Path, subject: str) -> Path:
         raise DataError(describe(path, f"a subject file; subjects found in {root}: "
                                        f"{available_subjects(root) or 'none'}", f"no subject {subject!r}"))
     return path
-
-
-def _get(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
-    if key not in npz.files:
-        raise DataError(describe(f"{path} key '{key}'", f"a stored array (keys found: {npz.files})",
-                                 "missing"))
-    return npz[key]
 
 
 def roi_groups(masks: dict[str, np.ndarray], path: Path, num_columns: int) -> list[tuple[str, np.ndarray]]:
@@ -84,7 +79,36 @@ def roi_groups(masks: dict[str, np.ndarray], path: Path, num_columns: int) -> li
     return groups
 
 
-def _read_masks(npz: np.lib.npyio.NpzFile, path: Path) -> dict[str, np.ndarray]:
+def repeat_rows(repeats: np.ndarray, averaged: np.ndarray, path: Path) -> np.ndarray:
+    """Test image row of each single trial: `arr_1` grouped by image in `arr_2`'s order (or repeat-major).
+
+    repeats [R, V], averaged [N_test, V] (same columns). The mean of each image's
+    trials must equal its `arr_2` row (to REPEAT_MEAN_TOLERANCE of `arr_2`'s spread);
+    a file whose repeats follow neither order would be averaged wrongly, so it is refused.
+    """
+    num_test = len(averaged)
+    per_image = len(repeats) // num_test
+    tolerance = REPEAT_MEAN_TOLERANCE * max(float(np.std(averaged, dtype=np.float64)), np.finfo(np.float32).tiny)
+    grouped = np.repeat(np.arange(num_test, dtype=np.int64), per_image)     # rows i*R .. i*R+R-1 -> image i
+    repeat_major = np.tile(np.arange(num_test, dtype=np.int64), per_image)  # rows r*N + i -> image i
+    worst = None
+    for index in (grouped, repeat_major):
+        means = np.zeros(averaged.shape, dtype=np.float64)                  # [N_test, V]
+        np.add.at(means, index, repeats)
+        means /= per_image
+        error = np.abs(means - averaged).max(axis=1)                        # [N_test]
+        if error.max(initial=0.0) <= tolerance:
+            return index
+        worst = worst if worst is not None else (int(error.argmax()), float(error.max()))
+    raise DataError(describe(f"{path} keys '{REPEATS_KEY}' and '{TEST_KEY}'",
+                             f"'{REPEATS_KEY}' rows grouped by test image in '{TEST_KEY}' order ({per_image} "
+                             f"consecutive rows per image, whose mean is that image's '{TEST_KEY}' row)",
+                             f"row {worst[0]} of '{TEST_KEY}' differs from the mean of its "
+                             f"'{REPEATS_KEY}' rows by up to {worst[1]:.4g} (tolerance {tolerance:.3g}); "
+                             "reorder the repeats so they group by test image"))
+
+
+def _read_masks(npz: NpzArchive, path: Path) -> dict[str, np.ndarray]:
     names = [k for k in npz.files if not POSITIONAL_KEY.fullmatch(k)]
     if not names:
         raise DataError(describe(path, f"ROI mask keys (e.g. {list(GOD_MASK_ORDER)}) before arr_0..arr_3",
@@ -127,10 +151,10 @@ def read_labels(path: Path, lookup: dict[int, int], count: int) -> np.ndarray:
 
 
 def _load_images(root: Path, num_test: int) -> tuple[np.ndarray, np.ndarray]:
-    path = require_file(root / IMAGES_FILE, f"'{TRAIN_IMAGES_KEY}' and '{TEST_IMAGES_KEY}' uint8 arrays")
-    with np.load(path, allow_pickle=False) as npz:
-        train = check_images(_get(npz, path, TRAIN_IMAGES_KEY), f"{path} key '{TRAIN_IMAGES_KEY}'")
-        test = check_images(_get(npz, path, TEST_IMAGES_KEY), f"{path} key '{TEST_IMAGES_KEY}'", num_test)
+    path = root / IMAGES_FILE
+    with open_npz(path, f"'{TRAIN_IMAGES_KEY}' and '{TEST_IMAGES_KEY}' uint8 arrays") as npz:
+        train = check_images(npz[TRAIN_IMAGES_KEY], f"{path} key '{TRAIN_IMAGES_KEY}'")
+        test = check_images(npz[TEST_IMAGES_KEY], f"{path} key '{TEST_IMAGES_KEY}'", num_test)
     return train, test
 
 
@@ -143,18 +167,18 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
     """
     root = Path(root)
     path = _subject_file(root, subject)
-    with np.load(path, allow_pickle=False) as npz:
+    with open_npz(path, f"GOD subject file: ROI masks, {TRAIN_KEY}..{INDEX_KEY}") as npz:
         masks = _read_masks(npz, path)
-        train_raw = check_array(_get(npz, path, TRAIN_KEY), f"{path} key '{TRAIN_KEY}'", ndim=2,
+        train_raw = check_array(npz[TRAIN_KEY], f"{path} key '{TRAIN_KEY}'", ndim=2,
                                 kinds=FLOAT_KINDS)
         num_train, num_columns = train_raw.shape
-        test_raw = check_array(_get(npz, path, TEST_KEY), f"{path} key '{TEST_KEY}'", ndim=2,
+        test_raw = check_array(npz[TEST_KEY], f"{path} key '{TEST_KEY}'", ndim=2,
                                kinds=FLOAT_KINDS, shape=(None, num_columns))
-        index = check_array(_get(npz, path, INDEX_KEY), f"{path} key '{INDEX_KEY}'", ndim=1,
+        index = check_array(npz[INDEX_KEY], f"{path} key '{INDEX_KEY}'", ndim=1,
                             kinds=INT_KINDS, shape=(num_train,)).astype(np.int64)
         repeats_raw = None
         if include_repeats:
-            repeats_raw = check_array(_get(npz, path, REPEATS_KEY), f"{path} key '{REPEATS_KEY}'",
+            repeats_raw = check_array(npz[REPEATS_KEY], f"{path} key '{REPEATS_KEY}'",
                                       ndim=2, kinds=FLOAT_KINDS, shape=(None, num_columns))
     num_test = test_raw.shape[0]
     groups = roi_groups(masks, path, num_columns)
@@ -177,8 +201,8 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
                                      f"{repeats_raw.shape[0]} rows"))
         repeats = repeats_raw[:, columns]  # [R, V]
         check_finite(repeats, f"{path} key '{REPEATS_KEY}' (ROI voxels)")
+        repeat_index = repeat_rows(repeats, test, path)
         repeats = normalise(repeats, mean, std)
-        repeat_index = np.repeat(np.arange(num_test, dtype=np.int64), repeats_raw.shape[0] // num_test)
 
     train_images, test_images = _load_images(root, num_test)
     if index.min(initial=0) < 0 or index.max(initial=0) >= len(train_images):

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from utils.errors import DataError, describe
+from utils.io import load_npy
 
 # Module aliases: files written by numpy 1.x name `numpy.core.*`, numpy 2.x `numpy._core.*`.
 _NUMPY_CORE_MODULES = ("numpy._core", "numpy.core")
@@ -105,12 +106,12 @@ def load_pickled_npy(path: str | Path) -> Any:
             if read_header is None:
                 raise ValueError(f"format version {version}")
             _, _, dtype = read_header(f)
-        except ValueError as err:
+        except (ValueError, EOFError) as err:
             raise DataError(describe(path, "a .npy file (format 1.0 or 2.0)",
                                      f"unreadable header ({err})")) from None
         payload = f.read()
     if not dtype.hasobject:
-        return np.load(path, allow_pickle=False)
+        return load_npy(path, "an array or a pickled dict of arrays")
     try:
         obj = restricted_loads(payload)
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as err:

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +33,13 @@ from datasets import bold5000 as bold
 from datasets import god
 from utils.errors import ConfigError, describe
 from utils.io import progress_wanted
+from utils.guard import RunFolders, guarded
 
 GENERATOR = "datasets.simulate"
 GROUND_TRUTH_DIR = "ground_truth"
 MANIFEST_FILE = "manifest.json"
+WRITTEN_KEY = "files_written"   # manifest entry: every file the simulator wrote (what --overwrite may replace)
+MAX_LISTED = 5
 GOD_DIR = Path("Kamitani") / "npz"
 BOLD_DIR = Path("BOLD5000")
 FMRI_DTYPE = np.float32   # voxel responses; the loaders accept any float dtype
@@ -612,20 +616,64 @@ categories.json: every category's attributes, WordNet-style id and class id.
 """
 
 
+def written_files(root: Path) -> list[str]:
+    """Relative paths of every file under `root` (what the simulator wrote, recorded in the manifest)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def foreign_entries(out: Path, manifest: dict) -> list[str]:
+    """Files and folders under `out` that the simulator did not write (its manifest lists what it wrote)."""
+    recorded = manifest.get(WRITTEN_KEY)
+    if recorded is None:   # a manifest from before the list was kept: only the three top-level folders are ours
+        ours = {GOD_DIR.parts[0], str(BOLD_DIR), GROUND_TRUTH_DIR}
+        return sorted(p.name for p in out.iterdir() if p.name not in ours)
+    files = set(recorded) | {f"{GROUND_TRUTH_DIR}/{MANIFEST_FILE}"}
+    folders = {str(parent) for f in files for parent in Path(f).parents if str(parent) != "."}
+    return sorted(rel for p in out.rglob("*")
+                  if (rel := str(p.relative_to(out))) not in (folders if p.is_dir() and not p.is_symlink() else files))
+
+
 def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(describe(out, "a folder to write the simulated datasets into", "a file"))
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(describe(out, "a new or empty folder (or --overwrite)", "a non-empty folder"))
-        manifest = out / GROUND_TRUTH_DIR / MANIFEST_FILE
+        manifest_path = out / GROUND_TRUTH_DIR / MANIFEST_FILE
         try:
-            generator = json.loads(manifest.read_text()).get("generator")
-        except (OSError, ValueError, AttributeError):
-            generator = None
-        if generator != GENERATOR:
-            raise ConfigError(describe(out, f"a folder written by {GENERATOR} (with {manifest}) to overwrite",
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
+            raise ConfigError(describe(out, f"a folder written by {GENERATOR} (with {manifest_path}) to overwrite",
                                        "a folder it did not write; refusing to delete it"))
+        foreign = foreign_entries(out, manifest)
+        if foreign:
+            raise ConfigError(describe(out, f"only what {GENERATOR} wrote there, to overwrite",
+                                       f"{len(foreign)} other files or folders, e.g. {foreign[:MAX_LISTED]}; "
+                                       "move them out first (--overwrite never deletes them)"))
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove hidden work and `.old` folders a killed earlier run left beside `out`; return them.
+
+    Only folders named like the simulator's own (`.<out>.<random>`, `.<out>.old.<random>`) that hold
+    nothing but simulator output (its three top-level folders, or a previous tree under `<out>`).
+    """
+    ours = {GOD_DIR.parts[0], str(BOLD_DIR), GROUND_TRUTH_DIR}
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for leftover in out.parent.glob(f".{out.name}.*"):
+        if not leftover.is_dir() or leftover.is_symlink():
+            continue
+        inside = {p.name for p in leftover.iterdir()}
+        is_old = leftover.name.startswith(f".{out.name}.old.") and inside <= {out.name}
+        is_work = inside <= ours
+        if is_old or is_work:
+            shutil.rmtree(leftover)
+            removed.append(leftover)
+    return removed
 
 
 def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size: int | None = None,
@@ -641,6 +689,8 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
     if size < ENERGY_GRID:
         raise ConfigError(describe("--image-size", f"at least {ENERGY_GRID}", size))
     out = Path(out)
+    for leftover in clean_leftovers(out):
+        print(f"note: removed {leftover}, left behind by an interrupted earlier run", file=sys.stderr)
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -657,7 +707,7 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
                  for k in range(len(cats.class_id))]
         (gt / "categories.json").write_text(json.dumps(table, indent=1) + "\n")
         (gt / "README.md").write_text(GROUND_TRUTH_README)
-        manifest = {"generator": GENERATOR, "scale": scale, "seed": seed, "image_size": size,
+        manifest = {WRITTEN_KEY: written_files(work), "generator": GENERATOR, "scale": scale, "seed": seed, "image_size": size,
                     "fmri_dtype": np.dtype(FMRI_DTYPE).name, "GOD": god_info, "BOLD5000": bold_info,
                     "noise_ratio_range": NOISE_RATIO_RANGE, "scale_spec": asdict(spec)}
         (gt / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -674,7 +724,7 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write simulated GOD and BOLD5000 datasets with ground truth.")
     parser.add_argument("--out", required=True, help="folder to create (e.g. dataset/simulated)")
@@ -685,10 +735,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (also off when stdout or stderr is not a terminal)")
     args = parser.parse_args(argv)
-    out = simulate(args.out, scale=args.scale, seed=args.seed, image_size=args.image_size,
-                   overwrite=args.overwrite, progress=progress_wanted(not args.no_progress))
-    print(f"wrote {out}/{GOD_DIR}, {out}/{BOLD_DIR} and {out}/{GROUND_TRUTH_DIR}")
+
+    def body(_folders: RunFolders) -> None:
+        out = simulate(args.out, scale=args.scale, seed=args.seed, image_size=args.image_size,
+                       overwrite=args.overwrite,
+                       progress=progress_wanted(not args.no_progress))
+        print(f"wrote {out}/{GOD_DIR}, {out}/{BOLD_DIR} and {out}/{GROUND_TRUTH_DIR}")
+
+    return guarded(body, "python -m datasets.simulate")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

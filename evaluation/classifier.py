@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.models import ViT_H_14_Weights, vit_h_14
 
+from models.checkpoints import safe_torch_load
 from utils.errors import CheckpointError, DataError, describe
 
 VIT_H_14_IMAGE_SIZE = 518  # min_size of IMAGENET1K_SWAG_E2E_V1
@@ -70,11 +71,7 @@ def load_imagenet_classifier(weights_path: str | Path, device: str | torch.devic
     if not path.is_file():
         raise CheckpointError(describe(path, "the torchvision ViT-H/14 ImageNet weights file "
                                        "(vit_h_14_swag-80465313.pth)", "no such file"))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unreadable or unsafe pickle: report, never retry unsafely
-        raise CheckpointError(describe(path, "a state dict readable with torch.load(weights_only=True)",
-                                       f"{type(err).__name__}: {err}")) from err
+    state = safe_torch_load(path)
     if not isinstance(state, dict):
         raise CheckpointError(describe(path, "a state dict (mapping name -> tensor)", type(state).__name__))
     with torch.device("meta"):
@@ -93,13 +90,11 @@ def classifier_or_reason(weights_path: str | Path | None, device: str | torch.de
                          ) -> tuple[ImageNetClassifier | None, str | None]:
     """Load the classifier, or return `(None, reason)` when no weights file is available.
 
-    A path that is not given or does not exist gives a reason (the metric is
-    then reported as skipped); a file that exists but is broken raises.
+    No path gives a reason (the metric is then reported as skipped); a path that
+    was given but is missing or broken raises CheckpointError, so a typo never
+    silently drops the metric.
     """
     if weights_path is None:
         return None, (f"no torchvision ViT-H/14 ImageNet weights given; pass {WEIGHTS_OPTION} "
                       "<path to vit_h_14_swag-80465313.pth>")
-    if not Path(weights_path).is_file():
-        return None, (f"torchvision ViT-H/14 ImageNet weights not found at {weights_path}; "
-                      f"pass {WEIGHTS_OPTION}")
     return load_imagenet_classifier(weights_path, device=device), None

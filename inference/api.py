@@ -31,7 +31,7 @@ from models.alignment import AlignmentHeads
 from models.image_features import (ImageFeatureExtractor, build_image_features_from_config, cached_features,
                                    features_of)
 from models.lea import LEA as Pipeline, check_fmri_fits, load_trained_network, resolve_device
-from utils.config import LEAConfig, load_config
+from utils.config import LEAConfig, load_config, subject_path
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.precision import resolve_precision
 
@@ -46,8 +46,9 @@ Log = Callable[[str], None]
 def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
     """The files of the config's `Checkpoints` section for `subject` ('{subject}' replaced)."""
     c = cfg.checkpoints
-    return {"fmri": Path(c.fmri.format(subject=subject)), "tokenizer": Path(c.tokenizer),
-            "maskgit": Path(c.maskgit), "align": Path(c.align.format(subject=subject))}
+    return {"fmri": Path(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject)),
+            "tokenizer": Path(c.tokenizer), "maskgit": Path(c.maskgit),
+            "align": Path(subject_path(c.align, "--align / Checkpoints.align", subject))}
 
 
 def feature_function(extractor: ImageFeatureExtractor, cache_dir: str | None, progress: bool):
@@ -121,7 +122,8 @@ class LEA:
                 raise CheckpointError(describe(f"{source}: Checkpoints.{key}",
                                                f"an existing {kind} model file or folder (python train.py ...)",
                                                f"{paths[key]} missing"))
-            networks[key] = load_trained_network(kind, paths[key])
+            expect = {"dataset": data.dataset, "subject": subject} if key == "fmri" else None
+            networks[key] = load_trained_network(kind, paths[key], expect=expect)
         check_fmri_fits(networks["fmri"], data.roi_patch, str(paths["fmri"]), subject)
         extractor = extractor or build_image_features_from_config(cfg.features)
         pipeline = Pipeline(networks["fmri"], networks["maskgit"], networks["tokenizer"],

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from utils.config import LEAConfig, apply_overrides, read_yaml
+from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path
 from utils.errors import ConfigError, LEAError, describe
 
 DEMO_SIM_ROOT = Path("dataset/simulated")
@@ -120,7 +120,7 @@ def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str
     ensure_data(cfg, progress, log)
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
-        ensure_weight("fmri", Path(cfg.checkpoints.fmri.format(subject=subject)), fmri_config,
+        ensure_weight("fmri", Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject)), fmri_config,
                       [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"], log, progress)
     tokenizer = Path(cfg.checkpoints.tokenizer)
     ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log, progress)

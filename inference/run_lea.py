@@ -34,8 +34,9 @@ from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
 from inference.api import LEA, checkpoint_paths
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
-from utils.errors import CheckpointError, ConfigError, DataError, LEAError, describe
-from utils.io import atomic_save_npy, file_sha256, new_run_dir, progress_wanted
+from utils.errors import CheckpointError, ConfigError, DataError, describe
+from utils.guard import EXIT_OK, RunFolders, guarded
+from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz, progress_wanted
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
@@ -222,7 +223,7 @@ def ground_truth_file(data_path: str, dataset: str, subject: str) -> Path | None
 
 def read_noise_free(path: Path, data: SubjectData) -> np.ndarray:
     """The simulator's noise-free test responses [T, V], in the loader's voxel order (raw units)."""
-    with np.load(path, allow_pickle=False) as truth:
+    with open_npz(path, "the simulator's noise-free responses") as truth:
         if "test_clean" in truth.files:                       # GOD: file columns -> loader columns
             clean = truth["test_clean"][:, truth["loader_columns"]]
         elif "image_clean" in truth.files:                    # BOLD5000: rows by image name
@@ -355,7 +356,7 @@ def headline(report: SubjectReport) -> str:
     return "; ".join(parts[:6])
 
 
-def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path:
+def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
     progress = progress_wanted(not args.no_progress)
@@ -370,6 +371,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
+    folders.started(run_dir, f"run the command again (a new results folder is made; {run_dir} is kept as it is)")
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
@@ -380,6 +382,7 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str]) -> Path
                 "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),
                 "seconds": round(time.time() - started, 1), "command": " ".join(["python", spec.script, *argv])}
     write_run_report(run_dir, reports, cfg.name, run_info)
+    folders.finished(run_dir)
     log(f"done in {time.time() - started:.0f} s")
     log(f"results: {run_dir}  (open {run_dir / 'index.html'})")
     return run_dir
@@ -389,9 +392,4 @@ def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
-    try:
-        run(args, spec, argv)
-    except LEAError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(lambda folders: run(args, spec, argv, folders) and EXIT_OK, spec.script)

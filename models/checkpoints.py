@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import CheckpointError, describe
+from utils.errors import CheckpointError, DataError, describe
+from utils.io import open_npz
 
 MAX_LISTED_KEYS = 40          # offending keys listed in one error message
 DATA_PARALLEL_PREFIX = "module."
@@ -77,16 +79,27 @@ def safe_torch_load(path: str | Path, extra_safe_globals: Sequence[Any] = (),
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     try:
-        with torch.serialization.safe_globals(list(extra_safe_globals)):
+        with torch.serialization.safe_globals(list(extra_safe_globals)), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)   # torch's note on unusual pickle protocols
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         refused = re.findall(r"GLOBAL ([\w.]+)", str(err))
-        what = f"the Python object {refused[0]}" if refused else "Python objects"
+        if not refused:
+            raise CheckpointError(describe(path, "a torch checkpoint (torch.save of tensors and plain containers)",
+                                           "a file that is not one (unreadable pickle stream)")) from None
         raise CheckpointError(
-            f"{path}: refused to load: the file holds {what}, which is not on the allow-list for "
-            "safe (weights-only) loading; only tensors and plain containers are accepted") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+            f"{path}: refused to load: the file holds the Python object {refused[0]}, which is not on the "
+            "allow-list for safe (weights-only) loading; only tensors and plain containers are accepted. "
+            "This project never loads such files: re-save the weights as a plain state dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(describe(path, "a complete torch checkpoint",
+                                       f"an unreadable file: truncated or corrupted ({first_sentence(err)})")) from None
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an error message (torch appends advice this project does not give)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 # ---------------------------------------------------------------------------
@@ -475,10 +488,10 @@ def flax_tree_to_state_dict(tree: Mapping[str, np.ndarray], model_keys: Mapping[
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path, "MaskGIT tokenizer: the flattened Flax parameter tree") as data:
             return {k: data[k] for k in data.files}
-    except ValueError as err:
-        raise CheckpointError(f"{path}: refused to load: the .npz holds pickled objects ({err})") from err
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load_maskgit_vqgan(path: str | Path, model: nn.Module) -> LoadReport:

@@ -53,11 +53,11 @@ def save_pretrained(folder: str | Path, kind: str, state_dict: Mapping[str, torc
     return folder
 
 
-def read_pretrained(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json as a dict, state dict) of a Hub-style folder holding a `kind` network."""
+def read_config(folder: str | Path, kind: str) -> dict[str, Any]:
+    """config.json of a Hub-style folder holding a `kind` network, checked; the weights are not read."""
     folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
+    config_path = folder / CONFIG_NAME
+    for path in (config_path, folder / WEIGHTS_NAME):
         if not path.is_file():
             raise CheckpointError(describe(folder, f"a model folder holding {CONFIG_NAME} and {WEIGHTS_NAME} "
                                            "(written by train.py beside each final model file)",
@@ -72,7 +72,17 @@ def read_pretrained(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict
     for key, expected in (("format", PRETRAINED_FORMAT), ("version", PRETRAINED_VERSION), ("kind", kind)):
         if config[key] != expected:
             raise CheckpointError(describe(f"{config_path} key '{key}'", repr(expected), repr(config[key])))
-    return config, load_file(str(weights_path))
+    return config
+
+
+def read_pretrained(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json as a dict, state dict) of a Hub-style folder holding a `kind` network."""
+    config = read_config(folder, kind)
+    weights = Path(folder) / WEIGHTS_NAME
+    try:
+        return config, load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(describe(weights, "a readable safetensors file", f"{type(err).__name__}: {err}")) from err
 
 
 def split_tensors(state: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

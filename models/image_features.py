@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from models.checkpoints import extract_state_dict, load_state_dict_strict, safe_torch_load
 from utils.errors import ConfigError, DataError, LEAError, describe
-from utils.io import atomic_save_npy
+from utils.io import atomic_save_npy, read_cache
 
 PIXEL_RANGE_TOLERANCE = 1e-3   # images may overshoot [0, 1] by this much (resampling ringing)
 
@@ -332,10 +332,8 @@ def cached_features(extractor: ImageFeatureExtractor, images_uint8: np.ndarray |
         raise ConfigError(describe("feature cache key", "letters, digits, '_', '.', '-'", repr(key)))
     path = Path(cache_dir) / f"{key}_{features_digest(extractor, images)[:CACHE_HASH_CHARS]}.npy"
     n = images.shape[0]
-    if path.is_file():
-        cached = np.load(path, allow_pickle=False)
-        if cached.shape != (n, extractor.dim):
-            raise DataError(describe(path, f"cached features of shape [{n}, {extractor.dim}]", list(cached.shape)))
+    cached = read_cache(path, f"cached {extractor.name} features", shape=(n, extractor.dim))
+    if cached is not None:
         return torch.from_numpy(cached)
     feats = features_of(extractor, images, batch_size, desc=f"{extractor.name} features ({key})",
                         progress=progress)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.alignment import AlignmentHeads
 from models.checkpoints import load_state_dict_strict, safe_torch_load
+from models.hub import CONFIG_NAME, read_config
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
@@ -40,14 +41,17 @@ NETWORKS = {"fmri_autoencoder": (FMRIAutoencoder, FMRIAutoencoderConfig),
 MODEL_FILE_KEYS = ("model", "kind", "model_config")
 
 
-def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
+def load_trained_network(kind: str, path: str | Path, expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """Build and strictly load a network from a final model file of `train.py`, or from the
-    Hub-style folder written beside it (`Network.from_pretrained`).
+    Hub-style folder written beside it (`Network.from_pretrained`; its config.json holds the same records).
 
     The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
-    read with `torch.load(weights_only=True)`.
+    read with `torch.load(weights_only=True)`. `expect`: values the file must record when it
+    records them (e.g. {'dataset': 'GOD', 'subject': 'sbj_1'}); a different one is an error even
+    when the shapes happen to fit.
     """
     if Path(path).is_dir():
+        check_expected(read_config(path, kind), expect, Path(path) / CONFIG_NAME)
         return NETWORKS[kind][0].from_pretrained(path)
     payload = safe_torch_load(path)
     if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
@@ -56,6 +60,7 @@ def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
                                        found))
     if payload["kind"] != kind:
         raise CheckpointError(describe(f"{path} key 'kind'", repr(kind), repr(payload["kind"])))
+    check_expected(payload, expect, path)
     network, config_cls = NETWORKS[kind]
     try:
         config = build(config_cls, dict(payload["model_config"]), f"{path} key 'model_config'")
@@ -64,6 +69,14 @@ def load_trained_network(kind: str, path: str | Path) -> torch.nn.Module:
     model = network(config)
     load_state_dict_strict(model, payload["model"], path)
     return model.eval()
+
+
+def check_expected(records: Mapping[str, Any], expect: Mapping[str, Any] | None, where: str | Path) -> None:
+    """CheckpointError when `records` (a model file or config.json) holds another value than `expect`."""
+    for key, value in (expect or {}).items():
+        if key in records and records[key] != value:
+            raise CheckpointError(describe(f"{where} key '{key}'", f"{value!r} (the {key} this run uses)",
+                                           f"{records[key]!r}: this network was trained for another {key}"))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from models.hub import save_pretrained
 from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_object,
                                   wrap_model)
+from models.checkpoints import safe_torch_load
 from training.logger import RunLogger
 from training.optim import build_optimizer, build_scheduler, param_groups
 from utils.config import TrainConfig, to_dict
@@ -147,6 +148,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# settings a resumed run may change: how long and where it runs, not how it trains
+RESUME_MAY_CHANGE = ("Train.max_steps", "Train.out_dir", "Train.log_interval", "Train.sample_interval",
+                     "Train.save_interval", "Train.num_workers", "Data.path", "Features.cache_dir", "Init.*")
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        out = {}
+        for key, value in values.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: list(values) if isinstance(values, tuple) else values}
+
+
+def resume_changes(saved: dict, current: dict) -> list[str]:
+    """'Key: saved X, now Y' for each setting that differs and that a resumed run cannot honour."""
+    before, after = _flatten(saved), _flatten(current)
+    allowed = [p[:-1] if p.endswith("*") else p for p in RESUME_MAY_CHANGE]
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in allowed):
+            continue
+        if before.get(key) != after.get(key):
+            changes.append(f"{key}: saved {before.get(key)!r}, now {after.get(key)!r}")
+    return changes
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A training checkpoint (`last.pt`, `step_*.pt`) or a run folder's `last.pt`, loaded safely."""
     path = Path(path)
@@ -154,10 +182,7 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / LAST_CHECKPOINT
     if not path.is_file():
         raise CheckpointError(describe(path, "a run folder with last.pt or a checkpoint file", "nothing there"))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(describe(path, "a checkpoint readable with weights_only=True", repr(e))) from e
+    ckpt = safe_torch_load(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(describe(path, f"a training checkpoint with keys {list(CHECKPOINT_KEYS)}",
@@ -258,6 +283,13 @@ class Trainer:
             raise CheckpointError(describe(where, f"a '{self.stage.kind}' training checkpoint",
                                            f"kind {ckpt.get('kind')!r}"))
         self.stage.check_checkpoint(ckpt, where)
+        changed = resume_changes(ckpt["config"], to_dict(self.cfg))
+        if changed:
+            raise ConfigError(describe(f"--resume {where}", "the resumed run's settings (a resumed run continues "
+                                       "with its saved optimiser and schedule; only "
+                                       f"{', '.join(RESUME_MAY_CHANGE)} may change)",
+                                       "; ".join(changed) + ". Drop those --set values, or start a new run "
+                                       "(Init.checkpoint) to train with them"))
         try:
             self.module.load_state_dict(ckpt["model"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -23,12 +23,11 @@ import torch
 
 from datasets.common import SubjectData
 from models.alignment import AlignmentHeads
-from models.checkpoints import load_state_dict_strict, safe_torch_load
-from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
+from models.fmri_autoencoder import FMRIAutoencoder
+from models.lea import check_fmri_fits, load_trained_network
 from training.distributed import DistInfo
 from training.stage_fmri import KIND as FMRI_KIND, image_features, load_stage_subject
-from utils.config import LEAConfig, build, config_from_dict, to_dict
-from utils.errors import CheckpointError, describe
+from utils.config import LEAConfig, config_from_dict, subject_path, to_dict
 from utils.io import atomic_write_json, new_run_dir
 
 FINAL_NAME = "align.pt"
@@ -38,17 +37,10 @@ EPS = 1e-8
 
 
 def load_fmri_autoencoder(path: str, data: SubjectData) -> FMRIAutoencoder:
-    """The trained autoencoder of `data.subject`; its voxel layout must be the data's."""
-    payload = safe_torch_load(path, hint="train it with: python train.py fmri --config ...")
-    if not isinstance(payload, dict) or payload.get("kind") != FMRI_KIND:
-        raise CheckpointError(describe(path, "an fmri_autoencoder.pt written by train.py fmri",
-                                       f"kind {payload.get('kind') if isinstance(payload, dict) else type(payload)}"))
-    if list(payload["roi_patch"]) != list(data.roi_patch):
-        raise CheckpointError(describe(path, f"roi_patch {list(data.roi_patch)} of {data.dataset} {data.subject}",
-                                       f"roi_patch {list(payload['roi_patch'])} (subject {payload.get('subject')})"))
-    model = FMRIAutoencoder(build(FMRIAutoencoderConfig, payload["model_config"], f"{path}: model_config"))
-    load_state_dict_strict(model, payload["model"], path)
-    return model.eval()
+    """The trained autoencoder of `data.subject`; its recorded subject and voxel layout must be the data's."""
+    model = load_trained_network(FMRI_KIND, path, expect={"dataset": data.dataset, "subject": data.subject})
+    check_fmri_fits(model, data.roi_patch, path, data.subject)
+    return model
 
 
 @torch.no_grad()
@@ -97,7 +89,7 @@ def scores(heads: AlignmentHeads, latents: torch.Tensor, image_index: torch.Tens
 def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[str],
                   log: Callable[[str], None], progress: bool = True) -> Path:
     data = load_stage_subject(cfg.data, subject, source)
-    ckpt = cfg.checkpoints.fmri.format(subject=subject)
+    ckpt = subject_path(cfg.checkpoints.fmri, f"{source}: Checkpoints.fmri", subject)
     model = load_fmri_autoencoder(ckpt, data)
     train_latents = fmri_latents(model, data.train_fmri)  # [N, Df]
     test_latents = fmri_latents(model, data.test_fmri)  # [T, Df]
@@ -105,7 +97,7 @@ def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[
     test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images", progress)
     train_index = torch.as_tensor(data.train_image_index, dtype=torch.long)
     heads = AlignmentHeads.from_config(cfg.align).fit(train_latents, train_feats[train_index])
-    run_dir = new_run_dir(Path(cfg.checkpoints.align.format(subject=subject)).parent, run_name or cfg.name)
+    run_dir = new_run_dir(Path(subject_path(cfg.checkpoints.align, f"{source}: Checkpoints.align", subject)).parent, run_name or cfg.name)
     heads.save(run_dir / FINAL_NAME)
     heads.save_pretrained(run_dir / Path(FINAL_NAME).stem)
     report = {"subject": subject, "dataset": data.dataset, "fmri_checkpoint": ckpt,

@@ -37,7 +37,7 @@ from training.stage_tokenizer import (KIND as TOKENIZER_KIND, check_image_size, 
                                       resize_images, stimulus_images)
 from utils.config import MaskGITStageConfig, build, load_config, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
-from utils.io import atomic_save_npy, file_sha256
+from utils.io import atomic_save_npy, file_sha256, read_cache
 
 KIND = "maskgit"
 FINAL_NAME = "maskgit.pt"
@@ -71,8 +71,9 @@ def tokenize(vqgan: VQGAN, images: torch.Tensor, cache_dir: str | None, key: str
     path = None
     if cache_dir:
         path = Path(cache_dir) / f"{key}.npy"
-        if path.is_file():
-            return torch.from_numpy(np.load(path, allow_pickle=False)).long()
+        cached = read_cache(path, "cached token ids", shape=(len(images), None))
+        if cached is not None:
+            return torch.from_numpy(cached).long()
     ids = torch.cat([vqgan.encode(images[i:i + TOKENIZE_BATCH])[1].flatten(1)  # [b, h*w]
                      for i in range(0, len(images), TOKENIZE_BATCH)])
     if path is not None:

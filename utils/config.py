@@ -23,6 +23,7 @@ working directory by the code that opens them (never against code locations).
 from __future__ import annotations
 
 import dataclasses
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, describe
 
 # ---------------------------------------------------------------------------
 # Section schemas shared by several stages
@@ -456,8 +457,30 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), k
     return config_from_dict(values, str(path), kind)
 
 
+SUBJECT_FIELD = "subject"
+SUBJECT_TEMPLATES = ("fmri", "align")    # Checkpoints.* paths that may hold '{subject}'
+
+
+def subject_path(template: str, where: str, subject: str) -> str:
+    """`template` with '{subject}' replaced; ConfigError naming `where` for any other placeholder."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ConfigError(describe(where, "a path where only '{subject}' is in braces",
+                                   f"{template!r} ({err})")) from None
+    unknown = [name for name in fields if name != SUBJECT_FIELD]
+    if unknown:
+        raise ConfigError(describe(where, "a path where only '{subject}' is in braces",
+                                   f"{template!r} with {{{unknown[0]}}}"))
+    return template.format(subject=subject)
+
+
 def _check(cfg: Any, source: str) -> None:
     """Cross-field checks that types alone cannot express."""
+    checkpoints = getattr(cfg, "checkpoints", None)
+    if isinstance(checkpoints, CheckpointPaths):
+        for name in SUBJECT_TEMPLATES:
+            subject_path(getattr(checkpoints, name), f"{source}: Checkpoints.{name}", SUBJECT_FIELD)
     data = getattr(cfg, "data", None)
     if data is not None:
         if not data.subjects:

@@ -25,6 +25,10 @@ class CheckpointError(LEAError, ValueError):
     """A checkpoint is missing, unsafe, or does not fit the model."""
 
 
+class OutputError(LEAError, OSError):
+    """An output folder or file cannot be created or written (permissions, a file in the way, disk full)."""
+
+
 def describe(where: str | Path | None, expected: str, found: Any) -> str:
     """One-line message: `<where>: expected <expected>, found <found>`."""
     prefix = f"{where}: " if where is not None else ""

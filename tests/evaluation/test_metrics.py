@@ -253,8 +253,10 @@ def test_classifier_n_way_with_toy_classifier():
 
 
 def test_classifier_n_way_skipped_without_classifier(tmp_path):
-    classifier, reason = clf.classifier_or_reason(tmp_path / "vit_h_14_swag.pth")
-    assert classifier is None and "not found" in reason and "--classifier-weights" in reason
+    with pytest.raises(CheckpointError, match="vit_h_14_swag.pth.*no such file"):  # a given path must exist
+        clf.classifier_or_reason(tmp_path / "vit_h_14_swag.pth")
+    classifier, reason = clf.classifier_or_reason(None)
+    assert classifier is None and "--classifier-weights" in reason
     m = M.classifier_n_way(pixels([[0] * 3, [1] * 3]), pixels([[0] * 3, [1] * 3]), classifier, reason)
     assert m.value is None and m.skipped == reason and m.chance == 1 / 50
     assert clf.classifier_or_reason(None)[1].startswith("no torchvision ViT-H/14")
