@@ -11,7 +11,8 @@ from datasets.simulate import GOD_DIR
 from inference.demo import train_stage
 from utils.io import progress_wanted
 
-TINY_TOKENIZER = ["Model.ch_base=32", "Model.ch_mult=[1,2,2,4]", "Loss.disc_start=1", "Train.max_steps=2",
+TINY_TOKENIZER = ["Model.ch_base=32", "Model.ch_mult=[1,2,2]", "Model.resolution=32", "Data.image_size=32",
+                  "Loss.disc_start=1", "Train.max_steps=2",
                   "Train.batch_size=4", "Train.warmup_steps=1", "Train.sample_interval=2", "Train.save_interval=2"]
 BAR_MARK = "it/s]"  # what every tqdm refresh prints
 
