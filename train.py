@@ -8,7 +8,8 @@
 Each run writes into a new folder `<Train.out_dir>/<run-name>_<timestamp>/` (align: under
 `<Checkpoints.align's folder>`): log.csv, last.pt and step_XXXXXX.pt checkpoints, samples/, the
 resolved config.yaml and the final model-only file that inference loads
-(fmri_autoencoder.pt, tokenizer.pt, maskgit.pt, align.pt).
+(fmri_autoencoder.pt, tokenizer.pt, maskgit.pt, align.pt); a run ends by printing the option
+that uses it (the LEA scripts and the next stage accept the run folder itself).
 """
 from __future__ import annotations
 
@@ -24,10 +25,25 @@ from training.engine import LAST_CHECKPOINT, Trainer, load_checkpoint, start_run
 from utils.config import apply_overrides, config_from_dict, read_yaml, save_config
 from utils.errors import ConfigError
 from utils.guard import RunFolders, guarded
-from utils.io import ensure_output_dir, progress_wanted
+from utils.io import atomic_write_text, ensure_output_dir, progress_wanted
 
 STAGE_MODULES = {"fmri": "training.stage_fmri", "tokenizer": "training.stage_tokenizer",
                  "maskgit": "training.stage_maskgit", "align": "training.stage_align"}
+# How a finished run is used next: the option of the LEA scripts (and of the next stage) that takes it.
+NEXT_USE = {"fmri": ["python LEA_GOD.py / LEA_BOLD.py --fmri-ckpt {run}", "python train.py align ... "
+                     "--set Checkpoints.fmri={run}"],
+            "tokenizer": ["python train.py maskgit ... --set Init.tokenizer={run}",
+                          "python LEA_GOD.py / LEA_BOLD.py --tokenizer-ckpt {run}"],
+            "maskgit": ["python LEA_GOD.py / LEA_BOLD.py --maskgit-ckpt {run}", "config line  Checkpoints: "
+                        "{{maskgit: {run}}}"],
+            "align": ["python LEA_GOD.py / LEA_BOLD.py --subject {subject} --align {run}"]}
+
+
+def print_next_use(stage: str, run_dir, log, subject: str = "<subject>") -> None:
+    """The exact option that uses the run just finished."""
+    log(f"{stage}: use this run with")
+    for line in NEXT_USE[stage]:
+        log("  " + line.format(run=run_dir, subject=subject))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +103,8 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
     log = print if info.is_main else (lambda _msg: None)
     try:
         if args.stage == "align":
-            stage_module.run_align(values, args.config, info, args.run_name, log, progress)
+            for run_dir in stage_module.run_align(values, args.config, info, args.run_name, log, progress):
+                print_next_use("align", run_dir, log, subject=run_dir.parent.name)
             return 0
         resume = load_checkpoint(args.resume) if args.resume else None
         stages = list(stage_module.stage_builders(values, args.config))
@@ -102,9 +119,12 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
             trainer = Trainer(stage, run_dir, info, resume=resume)
             if info.is_main:
                 save_config(stage.config, run_dir / "config.yaml")
+                for name, text in getattr(stage, "run_files", {}).items():
+                    atomic_write_text(run_dir / name, text)
                 log(f"{args.stage}: run folder {run_dir}" + (f" (resuming {resume['path']})" if resume else ""))
             trainer.fit()
             folders.finished(run_dir)
+            print_next_use(args.stage, run_dir, log)
     finally:
         cleanup_distributed()
     return 0

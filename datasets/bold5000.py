@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from datasets.common import (SubjectData, check_array, check_finite, check_roi_patch, normalise,
-                             require_file, scalar_stats)
+                             scalar_stats)
 from datasets.safe_pickle import load_pickled_npy
 from utils.errors import ConfigError, DataError, describe
-from utils.io import load_npy
+from utils.io import load_npy, require_file
 
 DATASET = "BOLD5000"
 BOLD_SUBJECTS = ("CSI1", "CSI2", "CSI3", "CSI4")

@@ -70,13 +70,6 @@ def check_roi_patch(config_value: Sequence[int] | None, data_value: Sequence[int
                                    f"{configured} (sum {sum(configured)})"))
 
 
-def require_file(path: Path, what: str) -> Path:
-    """Return `path` if it is a file, else raise DataError saying what it should hold."""
-    if not path.is_file():
-        raise DataError(describe(path, f"an existing file ({what})", "no such file"))
-    return path
-
-
 def check_array(array: np.ndarray, where: str, *, ndim: int, kinds: str,
                 shape: Sequence[int | None] | None = None) -> np.ndarray:
     """Check rank, dtype kind (numpy `dtype.kind` letters) and, optionally, shape.

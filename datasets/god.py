@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from datasets.common import (NO_LABEL, SubjectData, check_array, check_finite, check_images,
-                             check_roi_patch, normalise, require_file, scalar_stats)
+                             check_roi_patch, normalise, scalar_stats)
 from utils.errors import DataError, describe
-from utils.io import NpzArchive, open_npz
+from utils.io import NpzArchive, open_npz, require_file
 
 DATASET = "GOD"
 GOD_SUBJECTS = tuple(f"sbj_{i}" for i in range(1, 6))

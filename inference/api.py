@@ -30,10 +30,15 @@ from datasets.common import SubjectData
 from models.alignment import AlignmentHeads
 from models.image_features import (ImageFeatureExtractor, build_image_features_from_config, cached_features,
                                    features_of)
-from models.lea import LEA as Pipeline, check_fmri_fits, load_trained_network, resolve_device
-from utils.config import LEAConfig, load_config, subject_path
+from models.lea import LEA as Pipeline, resolve_device
+from models.provenance import alignment_provenance
+from inference.demo import FINAL_FILES
+from inference.weights import find_alignment, load_subject_weights
+from utils.config import LEAConfig, load_config, subject_path, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
+from utils.io import file_sha256
 from utils.precision import resolve_precision
+from utils.run_files import resolve
 
 FEATURE_CACHE_KEY = "stimuli"
 RUN_CONFIG = "config.yaml"      # the resolved config a results folder holds
@@ -44,10 +49,11 @@ Log = Callable[[str], None]
 
 
 def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
-    """The files of the config's `Checkpoints` section for `subject` ('{subject}' replaced)."""
+    """Weight files of `subject`; a run folder, folder of runs or run prefix means its newest final file."""
     c = cfg.checkpoints
-    return {"fmri": Path(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject)),
-            "tokenizer": Path(c.tokenizer), "maskgit": Path(c.maskgit),
+    return {"fmri": resolve(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject), FINAL_FILES["fmri"]),
+            "tokenizer": resolve(c.tokenizer, FINAL_FILES["tokenizer"]),
+            "maskgit": resolve(c.maskgit, FINAL_FILES["maskgit"]),
             "align": Path(subject_path(c.align, "--align / Checkpoints.align", subject))}
 
 
@@ -69,12 +75,14 @@ class LEA:
 
     Build it with `LEA.from_config(...)` or `LEA.from_run(...)`. Attributes: `config` (the
     resolved `LEAConfig`), `subject`, `data` (its `SubjectData`), `checkpoints` (the files used),
-    `heads_source` (the heads file loaded, or None when they were fitted here), `device`, `dtype`,
-    `pipeline` (the `models.lea.LEA` that runs the networks).
+    `heads_source` (the heads file loaded, or None when they were fitted here), `records` (path,
+    sha256 and kind of each weight file), `consistency` (the provenance checks between them),
+    `device`, `dtype`, `pipeline` (the `models.lea.LEA` that runs the networks).
     """
 
     def __init__(self, pipeline: Pipeline, config: LEAConfig, data: SubjectData, extractor: ImageFeatureExtractor,
-                 checkpoints: dict[str, Path], heads_source: Path | None):
+                 checkpoints: dict[str, Path], heads_source: Path | None, records: dict[str, dict],
+                 consistency: list[dict]):
         self.pipeline = pipeline
         self.config = config
         self.data = data
@@ -82,6 +90,8 @@ class LEA:
         self.extractor = extractor
         self.checkpoints = checkpoints
         self.heads_source = heads_source
+        self.records = records
+        self.consistency = consistency
         self.device = pipeline.device
         self.dtype = pipeline.dtype
 
@@ -116,22 +126,24 @@ class LEA:
         data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
                             config_file=source)
         paths = checkpoint_paths(cfg, subject)
-        networks = {}
         for key, kind in NETWORK_KINDS.items():
             if not paths[key].exists():
                 raise CheckpointError(describe(f"{source}: Checkpoints.{key}",
-                                               f"an existing {kind} model file or folder (python train.py ...)",
+                                               f"an existing {kind} weight file or run folder (python train.py ...)",
                                                f"{paths[key]} missing"))
-            expect = {"dataset": data.dataset, "subject": subject} if key == "fmri" else None
-            networks[key] = load_trained_network(kind, paths[key], expect=expect)
-        check_fmri_fits(networks["fmri"], data.roi_patch, str(paths["fmri"]), subject)
+        c = cfg.checkpoints
+        weights = load_subject_weights(cfg, paths, data, c.fmri_config, c.maskgit_config, log)
         extractor = extractor or build_image_features_from_config(cfg.features)
-        pipeline = Pipeline(networks["fmri"], networks["maskgit"], networks["tokenizer"],
+        pipeline = Pipeline(weights.fmri_ae, weights.maskgit, weights.tokenizer,
                             feature_function(extractor, cfg.features.cache_dir, progress), device=device,
                             dtype=resolve_precision(cfg.precision, device), batch_size=cfg.batch_size,
                             progress=progress)
-        heads_source = cls._attach_heads(pipeline, cfg, data, paths["align"], log)
-        return cls(pipeline, cfg, data, extractor, paths, heads_source)
+        records = dict(weights.records)
+        heads_source, align_checks = cls._attach_heads(pipeline, cfg, data, paths, records, log)
+        if heads_source is not None:
+            paths["align"] = heads_source
+        return cls(pipeline, cfg, data, extractor, paths, heads_source, records,
+                   weights.consistency + align_checks)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, subject: str | None = None, device: str | torch.device = "auto",
@@ -161,29 +173,34 @@ class LEA:
         return cfg.data.subjects[0]
 
     @staticmethod
-    def _attach_heads(pipeline: Pipeline, cfg: LEAConfig, data: SubjectData, path: Path, log: Log) -> Path | None:
-        """Load the heads at `path`, or fit them on the training trials when it is missing.
+    def _attach_heads(pipeline: Pipeline, cfg: LEAConfig, data: SubjectData, paths: dict[str, Path],
+                      records: dict[str, dict], log: Log) -> tuple[Path | None, list]:
+        """Load the heads fitted on this fMRI checkpoint with these features (`inference.weights.
+        find_alignment`), or fit them on the training trials when there are none.
 
-        Returns the file loaded, or None when the heads were fitted here.
+        Returns (the heads file loaded or None when fitted here, the consistency checks of the heads);
+        a loaded file is added to `records`.
         """
         subject = data.subject
-        if path.exists():
-            heads = AlignmentHeads.from_pretrained(path) if path.is_dir() else AlignmentHeads.load(path)
+        heads, align_file, align_checks = find_alignment(paths["align"], records["fmri"], cfg, log)
+        if heads is not None:
             if heads.restandardize != cfg.align.restandardize:
-                log(f"{subject}: {path} was saved with restandardize={heads.restandardize}; "
+                log(f"{subject}: {align_file} was saved with restandardize={heads.restandardize}; "
                     f"using the config's Align.restandardize={cfg.align.restandardize}")
             heads.restandardize = cfg.align.restandardize
             pipeline.heads = heads
             pipeline._check_sizes()
-            return path
+            records["align"] = {"path": str(align_file), "sha256": file_sha256(align_file)}
+            return align_file, align_checks
         alphas = (f"alphas by {cfg.align.cv_folds}-fold CV over {cfg.align.alphas}" if cfg.align.alphas else
                   f"decode alpha {cfg.align.decode_alpha}, encode alpha {cfg.align.encode_alpha}")
-        log(f"{subject}: no alignment heads at {path}; fitting them on the "
+        log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
             f"{len(data.train_fmri)} training trials (ridge, {alphas})")
         pipeline.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
+        pipeline.heads.provenance = alignment_provenance(paths["fmri"], to_dict(cfg.features))
         chosen = pipeline.heads.describe()
         log(f"{subject}: alignment alphas: decode {chosen['decode_alpha']}, encode {chosen['encode_alpha']}")
-        return None
+        return None, []
 
     # -- use -------------------------------------------------------------------
 

@@ -30,12 +30,13 @@ from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, features_of
 from models.lea import resolve_device
+from models.provenance import MISMATCH_NAMES
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
 from inference.api import LEA, checkpoint_paths
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
 from utils.errors import CheckpointError, ConfigError, DataError, describe
-from utils.guard import EXIT_OK, RunFolders, guarded
+from utils.guard import RunFolders, guarded
 from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz, progress_wanted
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
@@ -55,13 +56,14 @@ class ScriptSpec:
     config: str
     demo_config: str
     fmri_train_config: str
+    maskgit_train_config: str
 
 
 SCRIPTS = {
     "GOD": ScriptSpec("LEA_GOD.py", "GOD", GOD_SUBJECTS, "configs/LEA_GOD.yaml", "configs/demo/LEA_GOD.yaml",
-                      "configs/fMRI_TransAE_GOD.yaml"),
+                      "configs/fMRI_TransAE_GOD.yaml", "configs/MaskGIT_GOD.yaml"),
     "BOLD5000": ScriptSpec("LEA_BOLD.py", "BOLD5000", BOLD_SUBJECTS, "configs/LEA_BOLD.yaml",
-                           "configs/demo/LEA_BOLD.yaml", "configs/fMRI_TransAE_BOLD.yaml"),
+                           "configs/demo/LEA_BOLD.yaml", "configs/fMRI_TransAE_BOLD.yaml", "configs/MaskGIT_BOLD.yaml"),
 }
 
 
@@ -97,6 +99,9 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
                         "semantic accuracy; skipped without it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set Align.restandardize=false (repeatable)")
+    p.add_argument("--accept-mismatch", action="append", default=[], choices=MISMATCH_NAMES,
+                   help="use a decoder whose recorded tokenizer / features, or alignment heads whose recorded fMRI "
+                        "checkpoint / features, differ from what is given (recorded in the results; repeatable)")
     p.add_argument("--demo", action="store_true",
                    help="use the demo config: simulate data and train the small demo weights when missing")
     p.add_argument("--no-progress", action="store_true",
@@ -130,6 +135,9 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
             raise ConfigError(describe(where, "an integer >= 1", value))
     if args.subject is not None and args.subject != "all":
         cfg.data.subjects = [args.subject]
+    cfg.checkpoints.accept_mismatch = sorted(set(cfg.checkpoints.accept_mismatch) | set(args.accept_mismatch))
+    cfg.checkpoints.fmri_config = cfg.checkpoints.fmri_config or spec.fmri_train_config
+    cfg.checkpoints.maskgit_config = cfg.checkpoints.maskgit_config or spec.maskgit_train_config
     return cfg, path
 
 
@@ -142,11 +150,11 @@ def train_command(kind: str, spec: ScriptSpec, subject: str, demo: bool) -> str:
     if kind == "fmri":
         stage_config = FMRI_STAGE_CONFIGS[spec.dataset] if demo else spec.fmri_train_config
         return f"python train.py fmri --config {stage_config} --set 'Data.subjects=[{subject}]'"
-    stage_config = (STAGE_CONFIGS if demo else PAPER_STAGE_CONFIGS)[kind]
+    stage_config = (STAGE_CONFIGS if demo else {"tokenizer": "configs/MaskGIT_AE.yaml",
+                                                "maskgit": spec.maskgit_train_config})[kind]
     return f"python train.py {kind} --config {stage_config}"
 
 
-PAPER_STAGE_CONFIGS = {"tokenizer": "configs/MaskGIT_AE.yaml", "maskgit": "configs/MaskGIT_Transformer.yaml"}
 CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
                    "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
                    "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
@@ -154,12 +162,13 @@ CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
 
 def missing_checkpoint_message(kind: str, path: Path, spec: ScriptSpec, subject: str, demo: bool) -> str:
     what, option = CHECKPOINT_WHAT[kind]
-    lines = [f"{path}: {what} checkpoint{' for ' + subject if kind == 'fmri' else ''} not found.",
+    lines = [f"{path}: {what} checkpoint{' for ' + subject if kind == 'fmri' else ''} not found "
+             "(no such file, run folder or run-name prefix).",
              f"  Train it:  {train_command(kind, spec, subject, demo)}",
-             f"  then copy the run's final {FINAL_FILES[kind]} (checkpoints/<run>/{FINAL_FILES[kind]}) to {path},",
-             f"  or pass its path with {option}."]
+             f"  then pass the run folder (or its {FINAL_FILES[kind]}) with {option}."]
     if kind == "tokenizer":
-        lines.append("  MaskGIT's published ImageNet-256 tokenizer also works once converted: see pretrains/README.md.")
+        lines.append("  The paper decodes with MaskGIT's published ImageNet-256 tokenizer, unchanged: see "
+                     "docs/reproduce.md.")
     if demo:
         lines.append(f"  `python {spec.script} --demo` trains every missing demo weight itself.")
     return "\n".join(lines)
@@ -283,13 +292,10 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
                 log) -> SubjectReport:
     lea = LEA.from_config(cfg, subject, device, extractor=extractor, progress=progress, log=log,
                           config_path=config_path)
-    data, paths = lea.data, lea.checkpoints
-
+    data, records = lea.data, lea.records
     folder = run_dir / subject
     folder.mkdir()
-    records = {k: checkpoint_record(p) for k, p in paths.items() if k != "align"}
     if lea.heads_source is not None:
-        records["align"] = checkpoint_record(lea.heads_source)
         align_source = str(lea.heads_source)
     else:
         saved = lea.heads.save(folder / "align.pt")
@@ -320,6 +326,8 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
         "restandardize": cfg.align.restandardize,
+        "consistency": lea.consistency,
+        "accepted_mismatches": list(cfg.checkpoints.accept_mismatch),
         "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
                                if cfg.align.restandardize else "off: no test-set statistics are used"),
         "predicted_fmri_units": ("normalised with the training fMRI's scalar mean/std "
@@ -392,4 +400,4 @@ def main(argv: Sequence[str] | None = None, dataset: str = "GOD") -> int:
     spec = SCRIPTS[dataset]
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
-    return guarded(lambda folders: run(args, spec, argv, folders) and EXIT_OK, spec.script)
+    return guarded(lambda folders: run(args, spec, argv, folders), spec.script)

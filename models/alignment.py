@@ -319,6 +319,9 @@ class AlignmentHeads:
         self.restandardize = bool(restandardize)
         self.stats: dict[str, torch.Tensor] = {}
         self.n_train = 0
+        # what the heads were fitted on: {'fmri_checkpoint': {'path', 'sha256'}, 'features': {...}}
+        # (models/provenance.py compares it with what LEA is given)
+        self.provenance: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> "AlignmentHeads":
@@ -403,7 +406,8 @@ class AlignmentHeads:
 
     def save(self, path: str | Path) -> Path:
         return atomic_torch_save(path, {"format": HEADS_FORMAT, "version": FORMAT_VERSION,
-                                        "state": self.state_dict(), "describe": self.describe()})
+                                        "state": self.state_dict(), "describe": self.describe(),
+                                        "provenance": self.provenance})
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """A new Hub-style folder: the tensors in model.safetensors, the rest of the state in config.json."""
@@ -421,4 +425,6 @@ class AlignmentHeads:
     @classmethod
     def load(cls, path: str | Path) -> "AlignmentHeads":
         payload = _load_payload(path, HEADS_FORMAT)
-        return cls().load_state_dict(payload["state"], source=f"{path} key 'state'")
+        heads = cls().load_state_dict(payload["state"], source=f"{path} key 'state'")
+        heads.provenance = dict(payload.get("provenance") or {})
+        return heads

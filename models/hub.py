@@ -85,6 +85,23 @@ def read_pretrained(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict
         raise CheckpointError(describe(weights, "a readable safetensors file", f"{type(err).__name__}: {err}")) from err
 
 
+def is_pretrained_folder(path: str | Path) -> bool:
+    """True for a folder holding config.json (a Hub-style model folder, checked when read)."""
+    return Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file()
+
+
+def weights_file(path: str | Path) -> Path:
+    """The file whose bytes are a model's weights: model.safetensors of a folder, else `path` itself
+    (what sha256 records in results and provenance checks cover)."""
+    return Path(path) / WEIGHTS_NAME if is_pretrained_folder(path) else Path(path)
+
+
+def read_payload(folder: str | Path, kind: str) -> dict[str, Any]:
+    """A folder read as the final model file it was written from: {'model': state dict, 'kind', ...}."""
+    config, state = read_pretrained(folder, kind)
+    return {**{k: v for k, v in config.items() if k not in ("format", "version")}, "model": state}
+
+
 def split_tensors(state: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A nested state -> (its tensors under dotted keys, the same nesting without the tensors)."""
     tensors, plain = {}, {}

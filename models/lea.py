@@ -53,7 +53,12 @@ def load_trained_network(kind: str, path: str | Path, expect: Mapping[str, Any] 
     if Path(path).is_dir():
         check_expected(read_config(path, kind), expect, Path(path) / CONFIG_NAME)
         return NETWORKS[kind][0].from_pretrained(path)
-    payload = safe_torch_load(path)
+    return network_from_payload(kind, safe_torch_load(path), path, expect)
+
+
+def network_from_payload(kind: str, payload: Any, path: str | Path,
+                         expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """`load_trained_network` on a file already read (`payload`) from `path`."""
     if not isinstance(payload, dict) or any(k not in payload for k in MODEL_FILE_KEYS):
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(describe(path, f"a model file written by train.py (keys {list(MODEL_FILE_KEYS)})",

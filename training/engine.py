@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from models.checkpoints import safe_torch_load
 from models.hub import save_pretrained
 from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_object,
                                   wrap_model)
-from models.checkpoints import safe_torch_load
 from training.logger import RunLogger
 from training.optim import build_optimizer, build_scheduler, param_groups
 from utils.config import TrainConfig, to_dict

@@ -1,10 +1,11 @@
 """Stage `align`: fit LEA's ridge heads between fMRI latents and image features, per subject.
 
 Inputs (a KIND `lea` config): Data (subject, dataset), Features (backend), Align (alphas,
-intercepts, re-standardisation) and Checkpoints.fmri (the trained `fmri_autoencoder.pt`, with
-`{subject}` in the path). Training rows: latents of the training trials (no voxel dropout, eval
+intercepts, re-standardisation) and Checkpoints.fmri (the trained `fmri_autoencoder.pt` or its run
+folder, with `{subject}` in the path). Training rows: latents of the training trials (no voxel dropout, eval
 mode) and the features of their images. Output: a new run folder under the folder of
-Checkpoints.align, holding `align.pt` (models.alignment.AlignmentHeads) and `scores.json`:
+Checkpoints.align, holding `align.pt` (models.alignment.AlignmentHeads, with the sha256 of the fMRI
+checkpoint and the Features it was fitted with, which LEA checks) and `scores.json`:
 
 - decoding: for each test trial, the correlation of its predicted feature with the feature of
   every test image; top-1 identification accuracy (chance 1 / #images) and pair-wise
@@ -26,9 +27,11 @@ from models.alignment import AlignmentHeads
 from models.fmri_autoencoder import FMRIAutoencoder
 from models.lea import check_fmri_fits, load_trained_network
 from training.distributed import DistInfo
-from training.stage_fmri import KIND as FMRI_KIND, image_features, load_stage_subject
+from models.provenance import alignment_provenance
+from training.stage_fmri import FINAL_NAME as FMRI_FILE, KIND as FMRI_KIND, image_features, load_stage_subject
 from utils.config import LEAConfig, config_from_dict, subject_path, to_dict
 from utils.io import atomic_write_json, new_run_dir
+from utils.run_files import resolve
 
 FINAL_NAME = "align.pt"
 SCORES_NAME = "scores.json"
@@ -89,7 +92,7 @@ def scores(heads: AlignmentHeads, latents: torch.Tensor, image_index: torch.Tens
 def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[str],
                   log: Callable[[str], None], progress: bool = True) -> Path:
     data = load_stage_subject(cfg.data, subject, source)
-    ckpt = subject_path(cfg.checkpoints.fmri, f"{source}: Checkpoints.fmri", subject)
+    ckpt = str(resolve(subject_path(cfg.checkpoints.fmri, f"{source}: Checkpoints.fmri", subject), FMRI_FILE))
     model = load_fmri_autoencoder(ckpt, data)
     train_latents = fmri_latents(model, data.train_fmri)  # [N, Df]
     test_latents = fmri_latents(model, data.test_fmri)  # [T, Df]
@@ -97,7 +100,9 @@ def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[
     test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images", progress)
     train_index = torch.as_tensor(data.train_image_index, dtype=torch.long)
     heads = AlignmentHeads.from_config(cfg.align).fit(train_latents, train_feats[train_index])
-    run_dir = new_run_dir(Path(subject_path(cfg.checkpoints.align, f"{source}: Checkpoints.align", subject)).parent, run_name or cfg.name)
+    heads.provenance = alignment_provenance(ckpt, to_dict(cfg.features))
+    run_dir = new_run_dir(Path(subject_path(cfg.checkpoints.align, f"{source}: Checkpoints.align", subject)).parent,
+                          run_name or cfg.name)
     heads.save(run_dir / FINAL_NAME)
     heads.save_pretrained(run_dir / Path(FINAL_NAME).stem)
     report = {"subject": subject, "dataset": data.dataset, "fmri_checkpoint": ckpt,

@@ -1,14 +1,20 @@
 """Stage `maskgit`: train the conditional MaskGIT token transformer.
 
-Data: the stimulus images of Data.subjects, tokenised once by the trained tokenizer
-(Init.tokenizer) and described once by the feature backend (Features), both cached on disk under
-Features.cache_dir (keyed by the image bytes and the tokenizer file's hash). With Data.flip, the
+Data: the stimulus images of Data.subjects (every subject's, each image once, none of the test
+images), tokenised once by the frozen tokenizer (Init.tokenizer: MaskGIT's published ImageNet-256
+tokenizer as the paper does, or a tokenizer.pt of train.py) and described once by the feature
+backend (Features), both cached on disk under Features.cache_dir (keyed by the image bytes and the
+tokenizer file's hash). With Data.flip, the
 left-right flipped images are tokenised and described too and picked with probability 0.5.
 
 Objective (spec 4, "Training"): per image draw u ~ U(0, 1), mask ratio r = max(gamma(u),
 Loss.min_mask_rate) with gamma the Loss.schedule (cosine: cos(pi u / 2)); replace floor(r * N)
 random tokens (at least one) by the mask id; cross-entropy with label smoothing on the masked
 tokens only.
+
+Init.transformer starts from MaskGIT's published class-conditional ImageNet-256 transformer (every
+weight but the condition projection); its taken / new / ignored table is printed and saved as
+`init_weights.txt` in the run folder.
 
 Samples: `generate()` from the features of test images, decoded by the tokenizer; PNG with the
 test images on the top row and the generations below.
@@ -27,42 +33,36 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from models.checkpoints import load_release_checkpoint, safe_torch_load
+from models.checkpoints import load_release_checkpoint
 from models.maskgit import MaskGITTransformer, mask_schedule
-from models.vqgan import VQGAN, VQGANConfig
+from models.published import load_frozen_tokenizer, load_imagenet_transformer
+from models.vqgan import VQGAN
 from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.stage_fmri import image_features
-from training.stage_tokenizer import (KIND as TOKENIZER_KIND, check_image_size, load_tokenizer_weights,
-                                      resize_images, stimulus_images)
-from utils.config import MaskGITStageConfig, build, load_config, to_dict
+from training.stage_tokenizer import FINAL_NAME as TOKENIZER_FILE, check_image_size, resize_images, stimulus_images
+from utils.config import MaskGITStageConfig, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_save_npy, file_sha256, read_cache
+from utils.run_files import resolve
 
 KIND = "maskgit"
 FINAL_NAME = "maskgit.pt"
 NUM_SAMPLE_IMAGES = 8
 TOKENIZE_BATCH = 32
 CACHE_HASH_CHARS = 16
+INIT_TABLE_NAME = "init_weights.txt"   # the taken / new / ignored table of Init.transformer, in the run folder
 
 
-def load_tokenizer(path: str, config_file: str | None) -> VQGAN:
-    """Our tokenizer.pt (carries its config) or a published one with Init.tokenizer_config."""
+def load_tokenizer(path: str, config_file: str | None, token_grid: int) -> VQGAN:
+    """The frozen tokenizer of Init.tokenizer: train.py's tokenizer.pt (or its run folder) or MaskGIT's
+    published ImageNet-256 tokenizer, used unchanged (models/published.py)."""
     if not Path(path).is_file():
-        raise CheckpointError(describe(f"{path} (Init.tokenizer)", "a trained tokenizer file "
-                                       "(python train.py tokenizer ...) or MaskGIT's published tokenizer",
-                                       "no such file"))
-    payload = safe_torch_load(path) if Path(path).suffix != ".npz" else None
-    if isinstance(payload, dict) and payload.get("kind") == TOKENIZER_KIND:
-        model_cfg = build(VQGANConfig, payload["model_config"], f"{path}: model_config")
-    elif config_file:
-        model_cfg = load_config(config_file, kind=TOKENIZER_KIND).model
-    else:
-        raise ConfigError(describe("Init.tokenizer_config", f"a tokenizer YAML describing {path} "
-                                   "(it is not a tokenizer.pt of this project)", None))
-    vqgan = VQGAN(model_cfg)
-    load_tokenizer_weights(vqgan, path)
-    return vqgan.eval().requires_grad_(False)
+        raise CheckpointError(describe(f"{path} (Init.tokenizer)", "a tokenizer.pt of train.py (or its run folder), "
+                                       "or MaskGIT's published ImageNet-256 tokenizer", "no such file"))
+    model_section = read_yaml(config_file).get("Model") if config_file else None
+    vqgan, _ = load_frozen_tokenizer(path, token_grid, model_section)
+    return vqgan
 
 
 @torch.no_grad()
@@ -134,7 +134,8 @@ class MaskGITStage(Stage):
         if cfg.features.dim != m.condition_dim:
             raise ConfigError(describe(f"{source}: Features.dim", f"Model.condition_dim = {m.condition_dim}",
                                        cfg.features.dim))
-        self.tokenizer = load_tokenizer(cfg.init.tokenizer, cfg.init.tokenizer_config)
+        cfg.init.tokenizer = str(resolve(cfg.init.tokenizer, TOKENIZER_FILE))
+        self.tokenizer = load_tokenizer(cfg.init.tokenizer, cfg.init.tokenizer_config, m.token_grid)
         t = self.tokenizer.config
         check_image_size(cfg.data, t, source)
         if t.token_grid != m.token_grid or t.num_codebook != m.num_codebook:
@@ -158,6 +159,14 @@ class MaskGITStage(Stage):
         self.sample_conditions = image_features(cfg.features, test_u8[:NUM_SAMPLE_IMAGES],
                                                 f"{cfg.data.dataset}_test_samples", cfg.train.progress).float()
         model = MaskGITTransformer(m)
+        self.run_files: dict[str, str] = {}
+        if cfg.init.transformer and cfg.init.checkpoint:
+            raise ConfigError(describe(f"{source}: Init", "one of Init.transformer (ImageNet start) and "
+                                       "Init.checkpoint (continue a decoder)", "both"))
+        if cfg.init.transformer:
+            table = load_imagenet_transformer(cfg.init.transformer, model).table()
+            log(table)
+            self.run_files[INIT_TABLE_NAME] = table + "\n"
         if cfg.init.checkpoint:
             log(load_release_checkpoint(cfg.init.checkpoint, model).table())
         self.module = MaskGITTrainModule(model, cfg)

@@ -18,6 +18,7 @@ Final file `tokenizer.pt`: {'model': VQGAN state_dict, 'kind': 'tokenizer', 'mod
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from datasets.common import SubjectData
+from datasets.image_folder import load_image_folder
 from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
 from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
 from models.vqgan import VQGAN, VQGANConfig
@@ -36,7 +38,7 @@ from training.logger import save_image_grid
 from training.optim import param_groups
 from training.stage_fmri import load_stage_subject
 from utils.config import DataConfig, TokenizerConfig, TrainConfig, to_dict
-from utils.errors import CheckpointError, ConfigError, describe
+from utils.errors import CheckpointError, ConfigError, DataError, describe
 
 KIND = "tokenizer"
 FINAL_NAME = "tokenizer.pt"
@@ -57,17 +59,38 @@ def resize_images(images: np.ndarray, size: int) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
+def _unique_images(arrays: list[np.ndarray], exclude: set[bytes] = frozenset()) -> tuple[np.ndarray, set[bytes]]:
+    """The images of `arrays` (uint8 [N, H, W, 3] each), each distinct image once, in first-seen order,
+    leaving out those whose digest is in `exclude`; also returns the digests kept."""
+    kept, seen = [], set()
+    for images in arrays:
+        for image in images:
+            digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+            if digest not in seen and digest not in exclude:
+                seen.add(digest)
+                kept.append(image)
+    return np.stack(kept), seen
+
+
+def folder_images(data: DataConfig) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
+    """Data.image_folder: its distinct images; the last NUM_SAMPLE_IMAGES are held out as samples."""
+    images, _ = _unique_images([load_image_folder(data.image_folder, data.image_size)])
+    if len(images) <= NUM_SAMPLE_IMAGES:
+        raise DataError(describe(f"{data.image_folder} (Data.image_folder)",
+                                 f"more than {NUM_SAMPLE_IMAGES} distinct images", len(images)))
+    return images[:-NUM_SAMPLE_IMAGES], images[-NUM_SAMPLE_IMAGES:], []
+
+
 def stimulus_images(data: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
-    """Train and test images (uint8) of Data.subjects; subjects that share one image set
-    (GOD) contribute it once."""
+    """Train and test images (uint8) over Data.subjects: each distinct image once (subjects share
+    stimuli), and no test image among the training images (a BOLD5000 subject's training images may
+    hold another's test images). With Data.image_folder, that folder's images instead (folder_images)."""
+    if data.image_folder:
+        return folder_images(data)
     subjects = [load_stage_subject(data, s, source) for s in data.subjects]
-    train, test = [], []
-    for d in subjects:
-        if not any(t.shape == d.train_images.shape and np.array_equal(t, d.train_images) for t in train):
-            train.append(d.train_images)
-        if not any(t.shape == d.test_images.shape and np.array_equal(t, d.test_images) for t in test):
-            test.append(d.test_images)
-    return np.concatenate(train), np.concatenate(test), subjects
+    test, test_digests = _unique_images([d.test_images for d in subjects])
+    train, _ = _unique_images([d.train_images for d in subjects], exclude=test_digests)
+    return train, test, subjects
 
 
 class ImageSet(Dataset):

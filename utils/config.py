@@ -54,6 +54,7 @@ class DataConfig:
     num_voxel: Optional[int] = None              # None = take from the data
     fmri_drop_rate: float = 0.0                  # fraction of input voxels zeroed while training
     include_test_repeats: bool = False           # also evaluate on non-averaged test trials
+    image_folder: Optional[str] = None           # tokenizer / maskgit: train on this folder's images instead
 
 
 @dataclass
@@ -140,9 +141,14 @@ class MaskGITLossConfig:
 
 @dataclass
 class MaskGITInitConfig:
-    checkpoint: Optional[str] = None
-    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"  # trained tokenizer the tokens come from
-    tokenizer_config: Optional[str] = None
+    checkpoint: Optional[str] = None   # our maskgit.pt (or a release transformer) to continue from
+    # MaskGIT's published class-conditional ImageNet-256 transformer (release names or Flax .npz): every
+    # weight but the condition projection `decoder_embed` is taken (models/published.py)
+    transformer: Optional[str] = None
+    # the frozen tokenizer the tokens come from: train.py's tokenizer.pt or its run folder, or MaskGIT's
+    # published ImageNet-256 tokenizer (state dict in release names, or the Flax tree as .npz)
+    tokenizer: str = "pretrains/MaskGIT_ImageNet256_checkpoint.pth"
+    tokenizer_config: Optional[str] = None  # only for a Flax .npz tree whose architecture is not the published one
 
 
 @dataclass
@@ -166,10 +172,16 @@ class AlignConfig:
 
 @dataclass
 class CheckpointPaths:
+    """Weights of the LEA scripts. Each path may be a file, a train.py run folder, a folder of run
+    folders or a run-name prefix (utils/run_files.py); `{subject}` is replaced."""
+
     fmri: str = "checkpoints/fmri/{subject}/fmri_autoencoder.pt"
-    tokenizer: str = "checkpoints/tokenizer/tokenizer.pt"
+    tokenizer: str = "pretrains/MaskGIT_ImageNet256_checkpoint.pth"
     maskgit: str = "checkpoints/maskgit/maskgit.pt"
     align: str = "checkpoints/align/{subject}/align.pt"
+    fmri_config: Optional[str] = None     # stage config describing a release fMRI file (it carries none)
+    maskgit_config: Optional[str] = None  # stage config describing a release decoder file (it carries none)
+    accept_mismatch: list[Literal["tokenizer", "features", "align"]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +285,8 @@ KINDS: dict[str, type] = {
     "maskgit": MaskGITStageConfig,
     "lea": LEAConfig,
 }
+
+IMAGE_FOLDER_KINDS = ("tokenizer", "maskgit")   # stages that may train on a plain folder of images
 
 # Fields a model dataclass may leave to the data (filled in after loading the data).
 DATA_DERIVED_MODEL_FIELDS = ("roi_patch",)
@@ -489,6 +503,9 @@ def _check(cfg: Any, source: str) -> None:
             raise ConfigError(f"{source}: Data.fmri_drop_rate expected in [0, 1), found {data.fmri_drop_rate}")
         if data.image_size <= 0:
             raise ConfigError(f"{source}: Data.image_size expected > 0, found {data.image_size}")
+        if data.image_folder and cfg.kind not in IMAGE_FOLDER_KINDS:
+            raise ConfigError(f"{source}: Data.image_folder trains only {' / '.join(IMAGE_FOLDER_KINDS)} "
+                              f"(images without fMRI); KIND '{cfg.kind}' needs the dataset's recordings")
     train = getattr(cfg, "train", None)
     if train is not None:
         for name in ("batch_size", "grad_accum", "max_steps"):

@@ -65,11 +65,12 @@ def file_system_message(err: OSError) -> str:
                     err.strerror or type(err).__name__)
 
 
-def guarded(body: Callable[[RunFolders], int | None], program: str) -> int:
-    """Run `body(folders)`; return its exit code, or 2 / 130 with a message (see the module docstring)."""
+def guarded(body: Callable[[RunFolders], object], program: str) -> int:
+    """Run `body(folders)`; return its exit code (0 when it returns no int), or 2 / 130 with a message."""
     folders = RunFolders()
     try:
-        return body(folders) or EXIT_OK
+        result = body(folders)
+        return result if isinstance(result, int) else EXIT_OK
     except KeyboardInterrupt:
         code, reason, message = EXIT_INTERRUPTED, "interrupted (Ctrl-C)", f"{program}: interrupted (Ctrl-C)"
     except LEAError as err:

@@ -51,8 +51,8 @@ def progress_wanted(requested: bool = True) -> bool:
 def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write through `write(fileobj)` to a temp file, fsync, then rename onto `path`."""
     path = Path(path)
+    ensure_output_dir(path.parent)
     try:
-        ensure_output_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise _cannot_write(path, err) from None
@@ -143,15 +143,17 @@ def ensure_output_dir(folder: str | Path) -> Path:
 # Reading arrays
 # ---------------------------------------------------------------------------
 
-def _require(path: Path, what: str) -> None:
+def require_file(path: Path, what: str) -> Path:
+    """Return `path` if it is a file, else raise DataError saying what it should hold."""
     if not path.is_file():
         raise DataError(describe(path, f"an existing file ({what})", "no such file"))
+    return path
 
 
 def load_npy(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
     """A `.npy` array (never a pickle); DataError naming the file when missing, truncated or corrupted."""
     path = Path(path)
-    _require(path, what)
+    require_file(path, what)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ARRAY_READ_ERRORS as err:
@@ -189,7 +191,7 @@ class NpzArchive:
 def open_npz(path: str | Path, what: str) -> Iterator[NpzArchive]:
     """`with open_npz(path, what) as npz:` an `NpzArchive`; DataError when missing or not a readable .npz."""
     path = Path(path)
-    _require(path, what)
+    require_file(path, what)
     try:
         npz = np.load(path, allow_pickle=False)
     except ARRAY_READ_ERRORS as err:

@@ -16,7 +16,8 @@ from evaluation.classifier import classifier_or_reason
 from models.alignment import AlignmentHeads
 from models.checkpoints import safe_torch_load
 from models.lea import check_fmri_fits, load_trained_network
-from tests.faults.checks import CreatesFile, assert_clear, assert_clean_exit, run_cli
+from inference.run_lea import main as lea_main
+from tests.faults.checks import CreatesFile, assert_clear
 from tests.inference.test_lea_scripts import make_setup
 from tests.models.test_lea_pipeline import tiny_configs, write_model_file
 from tests.training.test_engine import run as run_toy, toy_config
@@ -83,12 +84,12 @@ def test_fmri_checkpoint_of_another_subject_with_the_same_voxel_count(tmp_path, 
     assert_clear(str(err.value), str(path), "'subject'", "'sbj_1'", "'sbj_2'")
 
 
-def test_script_refuses_fmri_checkpoint_of_another_subject(tmp_path, sim_root):
+def test_script_refuses_fmri_checkpoint_of_another_subject(tmp_path, sim_root, capsys):
     config = make_setup(tmp_path, sim_root, "GOD")
     path = tmp_path / "checkpoints" / "fmri" / "sbj_1" / "fmri_autoencoder.pt"
     atomic_torch_save(path, {**torch.load(path, weights_only=True), "dataset": "GOD", "subject": "sbj_3"})
-    result = run_cli("LEA_GOD.py", "--config", str(config), "--device", "cpu", "--no-progress")
-    assert_clean_exit(result, 2, str(path), "'sbj_3'")
+    assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"], dataset="GOD") == 2
+    assert_clear(capsys.readouterr().err, str(path), "'sbj_3'")
 
 
 def test_resume_refuses_settings_it_cannot_honour(tmp_path):

@@ -115,10 +115,9 @@ def test_simulator_cleans_what_a_killed_run_left(tmp_path, capsys):
 
 # -- no traceback reaches the user ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_entry_points_exit_2_without_traceback(tmp_path, sim_root):
     config = make_setup(tmp_path, sim_root, "GOD")
     assert_clean_exit(run_cli("LEA_GOD.py", "--config", str(config), "--fmri-ckpt", "ck/{subj}.pt"), 2, "{subj}")
     assert_clean_exit(run_cli("train.py", "fmri", "--config", "configs/demo/fmri_GOD.yaml", "--set",
                               "Train.lr=fast"), 2, "Train.lr")
-    assert_clean_exit(run_cli("-m", "datasets.simulate", "--out", str(tmp_path / "s"), "--image-size", "0"),
-                      2, "--image-size")

@@ -16,7 +16,8 @@ from datasets import load_subject
 from datasets.bold5000 import BETAS_DIR, BETAS_FILE, IMG_DICT_FILE, load_bold5000
 from datasets.god import IMAGES_FILE, REPEATS_KEY, TEST_KEY, load_god
 from models.image_features import build_image_features, cached_features
-from tests.faults.checks import CreatesFile, assert_clear, assert_clean_exit, run_cli
+from inference.run_lea import main as lea_main
+from tests.faults.checks import CreatesFile, assert_clear
 from tests.inference.test_lea_scripts import make_setup
 from utils.errors import DataError
 from utils.guard import INCOMPLETE_NOTE
@@ -151,14 +152,13 @@ def test_damaged_feature_cache_is_discarded_and_recomputed(tmp_path, capsys, dam
 
 # -- end to end: the script says it, exit code 2, no traceback ---------------------------------
 
-def test_truncated_subject_file_through_the_script(sim_root, god_copy, tmp_path):
+def test_truncated_subject_file_through_the_script(sim_root, god_copy, tmp_path, capsys):
     """What an interrupted download gives: a clear error, and the started results folder marked incomplete."""
     config = make_setup(tmp_path, sim_root, "GOD")
     path = god_copy / f"{GOD_SUBJECT}.npz"
     truncate(path)
-    result = run_cli("LEA_GOD.py", "--config", str(config), "--set", f"Data.path={god_copy}", "--device", "cpu",
-                     "--no-progress")
-    assert_clean_exit(result, 2, str(path), "truncated or corrupted")
+    assert lea_main(["--config", str(config), "--set", f"Data.path={god_copy}", "--device", "cpu",
+                     "--no-progress"], dataset="GOD") == 2
     (run,) = (tmp_path / "results").iterdir()
+    assert_clear(capsys.readouterr().err, str(path), "truncated or corrupted", f"partial results: {run}")
     assert_clear((run / INCOMPLETE_NOTE).read_text(), "NOT a finished result", str(path))
-    assert_clear(result.stderr, f"partial results: {run}")

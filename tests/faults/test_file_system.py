@@ -13,7 +13,7 @@ import pytest
 import train
 import utils.io
 from inference.run_lea import main as lea_main
-from tests.faults.checks import assert_clear, assert_clean_exit, run_cli, tree_digest
+from tests.faults.checks import assert_clear, tree_digest
 from tests.inference.test_lea_scripts import make_setup
 from utils.errors import OutputError
 from utils.guard import INCOMPLETE_NOTE, guarded
@@ -48,13 +48,13 @@ def test_out_is_a_file_or_under_one(lea_setup, tmp_path, capsys, where):
     assert blocker.read_text() == "not a folder" and tree_digest(earlier) == before
 
 
-def test_train_out_dir_under_a_file_without_traceback(sim_root, tmp_path):
+def test_train_out_dir_under_a_file(sim_root, tmp_path, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    result = run_cli("train.py", "tokenizer", "--config", "configs/demo/tokenizer.yaml", "--device", "cpu",
-                     "--set", f"Data.path={sim_root / 'Kamitani' / 'npz'}", "--set", f"Train.out_dir={blocker / 'runs'}",
-                     "--set", "Train.max_steps=1")
-    assert_clean_exit(result, 2, str(blocker), "a file")
+    argv = ["tokenizer", "--config", "configs/demo/tokenizer.yaml", "--device", "cpu",
+            "--set", f"Data.path={sim_root / 'Kamitani' / 'npz'}", "--set", f"Train.out_dir={blocker / 'runs'}"]
+    assert guarded(lambda folders: train.main(argv, folders), "train.py") == 2
+    assert_clear(capsys.readouterr().err, str(blocker), "a file")
 
 
 @pytest.mark.skipif(IS_ROOT, reason="permissions do not stop root")
@@ -99,7 +99,7 @@ def test_write_fault_mid_run(lea_setup, capsys, monkeypatch, target, error, foun
     config, earlier = lea_setup
     before, runs_before = tree_digest(earlier), _results(config)
     module = utils.io.os if target == "fsync" else utils.io.tempfile
-    monkeypatch.setattr(module, target, failing_at(3, error, getattr(module, target)))  # after config.yaml
+    monkeypatch.setattr(module, target, failing_at(2, error, getattr(module, target)))  # after config.yaml
     assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"], dataset="GOD") == 2
     err = capsys.readouterr().err
     assert_clear(err, "error:", found, "partial results")

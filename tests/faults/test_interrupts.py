@@ -37,7 +37,7 @@ def test_ctrl_c_in_lea_script(tmp_path, sim_root, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference.run_lea, "write_subject_report", interrupted)   # Ctrl-C while writing results
+    monkeypatch.setattr(inference.run_lea, "load_subject", interrupted)   # Ctrl-C once the results folder exists
     assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"], dataset="GOD") == EXIT_INTERRUPTED
     (run,) = (tmp_path / "results").iterdir()
     err = capsys.readouterr().err

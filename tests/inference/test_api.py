@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from inference import LEA
-from models.lea import load_trained_network
+from models.alignment import AlignmentHeads
 from tests.inference.test_lea_scripts import IMAGE_SIZE, NUM_SAMPLES, make_setup
 from utils.config import save_config
 from utils.errors import CheckpointError, ConfigError
@@ -71,13 +71,16 @@ def test_from_run_reopens_a_results_folder_with_its_heads(lea, tmp_path):
 
 
 def test_networks_load_from_hub_style_folders(lea, setup, tmp_path):
-    folder = load_trained_network("tokenizer", lea.checkpoints["tokenizer"]).save_pretrained(tmp_path / "tok")
-    heads = lea.heads.save_pretrained(tmp_path / "heads")
-    from_folders = LEA.from_config(setup, device="cpu", overrides=[f"Checkpoints.tokenizer={folder}",
-                                                                   f"Checkpoints.align={heads}"])
-    assert from_folders.heads_source == heads
+    folders = [f"Checkpoints.{key}={network.save_pretrained(tmp_path / key)}"
+               for key, network in (("fmri", lea.pipeline.fmri_ae), ("tokenizer", lea.pipeline.tokenizer),
+                                    ("maskgit", lea.pipeline.maskgit))]
+    # heads are tied to the fMRI weights they were fitted on (the folder's sha256 is not the .pt file's): refit
+    from_folders = LEA.from_config(setup, device="cpu", overrides=[*folders, f"Checkpoints.align={tmp_path / 'a.pt'}"])
+    assert from_folders.heads_source is None and all(r["sha256"] for r in from_folders.records.values())
     fmri = lea.data.test_fmri[:2]
     assert np.array_equal(from_folders.decode(fmri, steps=2), lea.decode(fmri, steps=2))
+    reloaded = AlignmentHeads.from_pretrained(lea.heads.save_pretrained(tmp_path / "heads"))
+    assert reloaded.describe() == lea.heads.describe()
 
 
 def test_clear_errors_for_missing_weights_and_ambiguous_subjects(setup, tmp_path):

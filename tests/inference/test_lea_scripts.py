@@ -162,7 +162,7 @@ def test_missing_checkpoint_names_file_and_train_command(tmp_path, sim_root, cap
     assert main(["--config", str(config), "--maskgit-ckpt", str(missing)], dataset="GOD") == 2
     err = capsys.readouterr().err
     assert str(missing) in err
-    assert "python train.py maskgit --config configs/MaskGIT_Transformer.yaml" in err
+    assert "python train.py maskgit --config configs/MaskGIT_GOD.yaml" in err
     missing_fmri = tmp_path / "nope" / "{subject}.pt"
     assert main(["--config", str(config), "--fmri-ckpt", str(missing_fmri)], dataset="GOD") == 2
     err = capsys.readouterr().err

@@ -31,7 +31,7 @@ def test_lea_config_loads_with_paper_values():
 @pytest.mark.parametrize("name,kind", [("fMRI_TransAE_GOD.yaml", "fmri_autoencoder"),
                                        ("fMRI_TransAE_BOLD.yaml", "fmri_autoencoder"),
                                        ("MaskGIT_AE.yaml", "tokenizer"),
-                                       ("MaskGIT_Transformer.yaml", "maskgit")])
+                                       ("MaskGIT_GOD.yaml", "maskgit"), ("MaskGIT_BOLD.yaml", "maskgit")])
 def test_paper_stage_configs_load(name, kind):
     cfg = load_config(CONFIGS / name)
     assert cfg.kind == kind
@@ -46,7 +46,7 @@ def test_paper_hyper_parameters():
     assert god.data.fmri_drop_rate == 0.25 and god.loss.cls_weight == 1.0
     bold = load_config(CONFIGS / "fMRI_TransAE_BOLD.yaml")
     assert bold.train.lr == 5e-6 and bold.train.max_steps == 120000
-    mg = load_config(CONFIGS / "MaskGIT_Transformer.yaml")
+    mg = load_config(CONFIGS / "MaskGIT_GOD.yaml")
     assert (mg.model.depth, mg.model.embed_dim, mg.model.num_heads) == (24, 768, 16)
     assert mg.loss.label_smoothing == 0.1 and mg.train.warmup_steps == 20000
     ae = load_config(CONFIGS / "MaskGIT_AE.yaml")
