@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import inference.run_lea
+import inference.api
 import train
 from datasets.simulate import GOD_DIR
 from inference.run_lea import main as lea_main
@@ -37,7 +37,7 @@ def test_ctrl_c_in_lea_script(tmp_path, sim_root, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference.run_lea, "load_subject", interrupted)   # Ctrl-C once the results folder exists
+    monkeypatch.setattr(inference.api, "load_subject", interrupted)   # Ctrl-C once the results folder exists
     assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"], dataset="GOD") == EXIT_INTERRUPTED
     (run,) = (tmp_path / "results").iterdir()
     err = capsys.readouterr().err
