@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo demo-train test venv clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) LEA_GOD.py --demo
+
+# Regenerate the demo's shipped image-side weights (demo_weights/) from scratch into a new folder.
+demo-train: $(STAMP)
+	$(PY) -m inference.demo_weights
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

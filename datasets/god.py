@@ -22,7 +22,7 @@ import numpy as np
 
 from datasets.common import (NO_LABEL, SubjectData, check_array, check_finite, check_images,
                              check_roi_patch, normalise, scalar_stats)
-from utils.errors import DataError, describe
+from utils.errors import ConfigError, DataError, describe
 from utils.io import NpzArchive, open_npz, require_file
 
 DATASET = "GOD"
@@ -158,12 +158,32 @@ def _load_images(root: Path, num_test: int) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
+TEST_NORMALISATIONS = ("train", "release")
+
+
+def statistics_for_test(train_normalised: np.ndarray, mean: float, std: float, mode: str) -> tuple[float, float]:
+    """Mean and std that normalise the test fMRI.
+
+    'train': the raw training statistics (train and test in the same units).
+    'release': the release's quirk (spec §8) — the statistics of the *already
+    normalised* training matrix (about 0 and 1), which leaves the test fMRI
+    nearly in its raw units.
+    """
+    if mode not in TEST_NORMALISATIONS:
+        raise ConfigError(describe("Data.test_normalisation", f"one of {TEST_NORMALISATIONS}", repr(mode)))
+    if mode == "train":
+        return mean, std
+    return scalar_stats(train_normalised, "normalised training fMRI (release test normalisation)")
+
+
 def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None,
-             include_repeats: bool = True) -> SubjectData:
+             include_repeats: bool = True, test_normalisation: str = "train") -> SubjectData:
     """Load one GOD subject from `root` (the folder holding sbj_*.npz, e.g. dataset/Kamitani/npz).
 
     roi_patch: the configured group sizes; ConfigError if they differ from the data's.
     include_repeats: also load the single test trials (`arr_1`).
+    test_normalisation: 'train' or 'release' (`statistics_for_test`); the single trials
+    are normalised like the averaged test rows.
     """
     root = Path(root)
     path = _subject_file(root, subject)
@@ -192,6 +212,8 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
     test = test_raw[:, columns]    # [N_test, V]
     check_finite(test, f"{path} key '{TEST_KEY}' (ROI voxels)")
     mean, std = scalar_stats(train, f"{path} key '{TRAIN_KEY}'")
+    train_normalised = normalise(train, mean, std)
+    test_mean, test_std = statistics_for_test(train_normalised, mean, std, test_normalisation)
 
     repeats = repeat_index = None
     if repeats_raw is not None:
@@ -202,7 +224,7 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
         repeats = repeats_raw[:, columns]  # [R, V]
         check_finite(repeats, f"{path} key '{REPEATS_KEY}' (ROI voxels)")
         repeat_index = repeat_rows(repeats, test, path)
-        repeats = normalise(repeats, mean, std)
+        repeats = normalise(repeats, test_mean, test_std)
 
     train_images, test_images = _load_images(root, num_test)
     if index.min(initial=0) < 0 or index.max(initial=0) >= len(train_images):
@@ -215,11 +237,12 @@ def load_god(root: str | Path, subject: str, *, roi_patch=None, config_file=None
 
     return SubjectData(
         dataset=DATASET, subject=subject, roi_names=names, roi_patch=patch,
-        train_fmri=normalise(train, mean, std), train_image_index=index, train_images=train_images,
-        test_fmri=normalise(test, mean, std), test_images=test_images,
+        train_fmri=train_normalised, train_image_index=index, train_images=train_images,
+        test_fmri=normalise(test, test_mean, test_std), test_images=test_images,
         train_labels=train_labels, test_labels=test_labels,
         test_fmri_repeats=repeats, test_repeat_index=repeat_index,
         norm_mean=mean, norm_std=std,
         source={"fmri": str(path), "images": str(root / IMAGES_FILE),
                 "class_index": str(root / CLASS_INDEX_FILE),
-                "train_labels": str(root / TRAIN_LABEL_FILE), "test_labels": str(root / TEST_LABEL_FILE)})
+                "train_labels": str(root / TRAIN_LABEL_FILE), "test_labels": str(root / TEST_LABEL_FILE),
+                "test_normalisation": test_normalisation, "test_mean": test_mean, "test_std": test_std})

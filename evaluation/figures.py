@@ -62,21 +62,32 @@ def sample_grid(ground_truth: np.ndarray, samples: np.ndarray, max_rows: int | N
     Returns:
         PIL image with T rows and 1 + S columns under a caption strip.
     """
-    t, s = samples.shape[:2]
+    columns = [("ground truth", ground_truth)]
+    columns += [(f"sample {k + 1}", samples[:, k]) for k in range(samples.shape[1])]
+    return column_grid(columns, max_rows=max_rows, cell=cell)
+
+
+def column_grid(columns: Sequence[tuple[str, np.ndarray]], max_rows: int | None = None,
+                cell: int = CELL) -> Image.Image:
+    """Captioned image columns side by side, one row per trial.
+
+    Args:
+        columns: (caption, uint8 images [T, H, W, 3]) per column, all with the same T
+            (image sizes may differ: every image is drawn as a `cell` x `cell` thumbnail).
+        max_rows: draw at most this many trials (None = all).
+    """
+    t = len(columns[0][1])
     rows = t if max_rows is None else min(t, max_rows)
-    width = PAD + (1 + s) * (cell + PAD)
+    width = PAD + len(columns) * (cell + PAD)
     height = HEADER + PAD + rows * (cell + PAD)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    draw.text((PAD, 2), "ground truth", fill=INK, font=font)
-    for k in range(s):
-        draw.text((PAD + (1 + k) * (cell + PAD), 2), f"sample {k + 1}", fill=INK, font=font)
-    for i in range(rows):
-        y = HEADER + PAD + i * (cell + PAD)
-        canvas.paste(_thumb(ground_truth[i], cell), (PAD, y))
-        for k in range(s):
-            canvas.paste(_thumb(samples[i, k], cell), (PAD + (1 + k) * (cell + PAD), y))
+    for k, (caption, images) in enumerate(columns):
+        x = PAD + k * (cell + PAD)
+        draw.text((x, 2), caption, fill=INK, font=font)
+        for i in range(rows):
+            canvas.paste(_thumb(images[i], cell), (x, HEADER + PAD + i * (cell + PAD)))
     return canvas
 
 

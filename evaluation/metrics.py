@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from utils.errors import ConfigError, DataError, describe
 from utils.io import atomic_write_json, atomic_write_text
@@ -44,7 +45,9 @@ DEFAULT_TRIALS = 1000
 DEFAULT_SEED = 0
 SSIM_PAIR_ELEMENTS = 1 << 23  # pixels per batched SSIM step (64 MB per float64 buffer)
 FLOAT_RANGE_TOL = 1e-6
-CSV_FIELDS = ("name", "value", "chance", "skipped")
+CSV_FIELDS = ("name", "value", "chance", "skipped", "ci_low", "ci_high", "p_value", "sd_over_samples")
+CI_KEY = "ci95"  # details key: [low, high] bootstrap interval
+NO_INTERVAL = "ci_skipped"  # details key: why a metric has no bootstrap interval
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -98,6 +101,14 @@ def as_pixels(images: ArrayLike, where: str = "images") -> np.ndarray:
     if lo < -FLOAT_RANGE_TOL or hi > 1 + FLOAT_RANGE_TOL or not np.isfinite([lo, hi]).all():
         raise DataError(describe(where, "float images with values in [0, 1]", f"range [{lo}, {hi}]"))
     return np.moveaxis(x.astype(np.float64), -3, -1) * PIXEL_MAX  # [..., H, W, 3]
+
+
+def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
+    if images.shape[1:3] == tuple(size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+                     for im in images])
 
 
 def _paired_images(gt: ArrayLike, recon: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +166,11 @@ def _rivals(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return scores.shape[-1] - 1 - _wins(scores, higher_is_better)
 
 
+def rival_counts(scores: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """`scores [N, S, N]` -> `[N, S]`: how many other candidates do not lose to each item's own one."""
+    return _rivals(scores, higher_is_better)
+
+
 def n_way_success(rivals: np.ndarray, pool: int, n: int, trials: int,
                   seed: int | np.random.Generator = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """n-way top-1 from rival counts: Monte-Carlo rate per item and its exact expectation.
@@ -182,9 +198,27 @@ def n_way_success(rivals: np.ndarray, pool: int, n: int, trials: int,
 def _rate_metric(name: str, rates: np.ndarray, chance: float, **details: Any) -> Metric:
     """Average `rates [N, S]` over samples and images into one Metric."""
     per_image = rates.mean(axis=1)
+    per_sample = rates.mean(axis=0)  # [S]: the metric of each sample index over all images
     return Metric(name=name, value=float(per_image.mean()), chance=chance,
                   details={"n_images": int(rates.shape[0]), "n_samples": int(rates.shape[1]),
-                           "std_over_images": float(per_image.std()), "per_image": per_image.tolist(), **details})
+                           "std_over_images": float(per_image.std()), "per_image": per_image.tolist(),
+                           "per_sample": per_sample.tolist(), "sd_over_samples": float(per_sample.std(ddof=0)),
+                           **details})
+
+
+def best_sample(metric: Metric) -> Metric:
+    """The best sample index of a per-sample metric: max over sample indices of its mean over images.
+
+    MinD-Vis's "top-1-class (max)". Skipped when `metric` is skipped or has one sample.
+    """
+    name = f"{metric.name}_best_sample"
+    per_sample = metric.details.get("per_sample", [])
+    if metric.value is None or len(per_sample) < 2:
+        return skipped(name, metric.skipped or "needs at least 2 samples per image", metric.chance)
+    best = int(np.argmax(per_sample))
+    return Metric(name, float(per_sample[best]), metric.chance,
+                  details={"sample_index": best, "per_sample": list(per_sample),
+                           NO_INTERVAL: "a maximum over sample indices has no per-image decomposition"})
 
 
 def _n_way_metric(name: str, rivals: np.ndarray, pool: int, n: int, trials: int,
@@ -205,7 +239,7 @@ def _sum_sq_diff(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return np.maximum(ssd, 0.0)
 
 
-def _unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
+def unit_rows(x: np.ndarray, centre: bool) -> np.ndarray:
     """L2-normalise the last axis (after centring when `centre`); zero-norm rows become nan."""
     if centre:
         x = x - x.mean(-1, keepdims=True)
@@ -221,12 +255,12 @@ def _similarity(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 def _pearson_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` Pearson correlations (nan for a constant vector)."""
-    return _similarity(_unit_rows(gt, centre=True), _unit_rows(recon, centre=True))
+    return _similarity(unit_rows(gt, centre=True), unit_rows(recon, centre=True))
 
 
 def _cosine_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """`[N, D]`, `[N, S, D]` -> `[N, S, N]` cosine similarities (nan for a zero vector)."""
-    return _similarity(_unit_rows(gt, centre=False), _unit_rows(recon, centre=False))
+    return _similarity(unit_rows(gt, centre=False), unit_rows(recon, centre=False))
 
 
 def _box_mean_valid(x: torch.Tensor) -> torch.Tensor:
@@ -303,16 +337,28 @@ def ssim(a: ArrayLike, b: ArrayLike) -> float:
     return float(_ssim_matrix(y[None], x[None])[0, 0])
 
 
+def _snr_scores(gt: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """`[N, D]`, `[N, S, D]` -> `[N, S, N]` SNR in dB of each reconstruction against each candidate.
+
+    10 log10(|g_j|^2 / |r - g_j|^2), the release's `snr` metric (higher is better;
+    +inf for an exact match).
+    """
+    energy = np.einsum("nd,nd->n", gt, gt)  # [N]
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(energy / _sum_sq_diff(gt, recon))
+
+
 IMAGE_SCORES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], bool]] = {
     # name -> (scores from flattened gt [N, D] and recon [N, S, D], higher is better)
     "mse": (_sum_sq_diff, False),
     "pcc": (_pearson_scores, True),
+    "snr": (_snr_scores, True),
 }
 
 
 def pairwise_identification(gt: ArrayLike, recon: ArrayLike, score: str = "mse",
                             device: str | torch.device = "cpu") -> Metric:
-    """Pair-wise identification with a pixel score ('mse', 'pcc' or 'ssim'); chance 0.5.
+    """Pair-wise identification with a pixel score ('mse', 'pcc', 'ssim' or 'snr'); chance 0.5.
 
     For each reconstruction, the fraction of the other ground-truth images that
     score worse against it than its own ground truth (lower MSE, higher PCC or
@@ -321,7 +367,7 @@ def pairwise_identification(gt: ArrayLike, recon: ArrayLike, score: str = "mse",
     if score == "ssim":
         return _rate_metric("pairwise_ssim", pairwise_rates(ssim_scores(gt, recon, device), True), PAIRWISE_CHANCE)
     if score not in IMAGE_SCORES:
-        raise ConfigError(describe("pairwise_identification score", "one of mse, pcc, ssim", repr(score)))
+        raise ConfigError(describe("pairwise_identification score", "one of mse, pcc, ssim, snr", repr(score)))
     g, r = _paired_images(gt, recon)
     fn, higher = IMAGE_SCORES[score]
     scores = fn(g.reshape(g.shape[0], -1), r.reshape(r.shape[0], r.shape[1], -1))  # [N, S, N]
@@ -572,7 +618,8 @@ def fmri_identification(measured: ArrayLike, predicted: ArrayLike, n_way: int | 
 
 
 def noise_ceiling_fraction(measured_r: ArrayLike, noise_free: ArrayLike, measured: ArrayLike | None = None,
-                           noise_sd: float | None = None, n_repeats: int | None = None) -> list[Metric]:
+                           noise_sd: float | None = None, n_repeats: int | None = None,
+                           prefix: str = "") -> list[Metric]:
     """How close the encoding correlations come to the best achievable (simulated data only).
 
     The noise ceiling of a voxel is the correlation that the noise-free
@@ -605,14 +652,13 @@ def noise_ceiling_fraction(measured_r: ArrayLike, noise_free: ArrayLike, measure
     both = np.isfinite(r_pred) & np.isfinite(r_ceil)
     positive = both & (r_ceil > 0)
     details = {"ceiling": source, "n_voxels": int(r_pred.size), "n_used": int(both.sum())}
+    names = [prefix + n for n in ("noise_ceiling_mean_r", "fraction_of_noise_ceiling",
+                                  "median_voxel_fraction_of_ceiling")]
     if not positive.any():
-        reason = "no voxel has a defined, positive noise ceiling"
-        return [skipped(name, reason) for name in
-                ("noise_ceiling_mean_r", "fraction_of_noise_ceiling", "median_voxel_fraction_of_ceiling")]
-    return [Metric("noise_ceiling_mean_r", float(r_ceil[both].mean()), None, details=details),
-            Metric("fraction_of_noise_ceiling", float(r_pred[both].mean() / r_ceil[both].mean()), None,
-                   details=details),
-            Metric("median_voxel_fraction_of_ceiling", float(np.median(r_pred[positive] / r_ceil[positive])), None,
+        return [skipped(name, "no voxel has a defined, positive noise ceiling") for name in names]
+    return [Metric(names[0], float(r_ceil[both].mean()), None, details=details),
+            Metric(names[1], float(r_pred[both].mean() / r_ceil[both].mean()), None, details=details),
+            Metric(names[2], float(np.median(r_pred[positive] / r_ceil[positive])), None,
                    details={**details, "n_used": int(positive.sum())})]
 
 
@@ -629,8 +675,16 @@ def summarize(metrics: Sequence[Metric]) -> dict[str, dict[str, Any]]:
 
 
 def to_csv_rows(metrics: Sequence[Metric]) -> list[dict[str, Any]]:
-    """One row per metric: name, value, chance, skipped reason (None where absent)."""
-    return [{key: metric.to_dict()[key] for key in CSV_FIELDS} for metric in metrics]
+    """One row per metric: name, value, chance, skipped reason, 95% interval, p-value, sd over samples.
+
+    None where absent."""
+    rows = []
+    for metric in metrics:
+        ci = metric.details.get(CI_KEY) or (None, None)
+        rows.append({"name": metric.name, "value": metric.value, "chance": metric.chance, "skipped": metric.skipped,
+                     "ci_low": ci[0], "ci_high": ci[1], "p_value": metric.details.get("p_value"),
+                     "sd_over_samples": metric.details.get("sd_over_samples")})
+    return rows
 
 
 def write_metrics(folder: str | Path, metrics: Sequence[Metric], stem: str = "metrics") -> tuple[Path, Path]:

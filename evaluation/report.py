@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from evaluation.metrics import Metric, summarize, to_csv_rows
+from evaluation.metrics import CI_KEY, CSV_FIELDS, Metric, summarize, to_csv_rows
 
-CSV_COLUMNS = ("subject", "section", "name", "value", "chance", "skipped")
+CSV_COLUMNS = ("subject", "section", *CSV_FIELDS)
 VALUE_DIGITS = 4
 SECTIONS = ("decoding", "encoding")
 
@@ -37,6 +37,8 @@ class SubjectReport:
     settings: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {path, sha256}
     files: dict[str, str] = field(default_factory=dict)
+    # summary tables shown above the metric list: {"title", "columns": [str], "rows": [[str, ...]]}
+    tables: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subject": self.subject, "dataset": self.dataset,
@@ -48,7 +50,7 @@ class SubjectReport:
 
 
 def csv_rows(report: SubjectReport) -> list[dict[str, Any]]:
-    """One row per metric: subject, section, name, value, chance, skipped."""
+    """One row per metric: subject, section and the metric's CSV fields."""
     return [{"subject": report.subject, "section": section, **row}
             for section, metrics in report.metrics.items() for row in to_csv_rows(metrics)]
 
@@ -66,17 +68,36 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.{VALUE_DIGITS}f}"
 
 
+def _interval(m: Metric) -> str:
+    ci = m.details.get(CI_KEY)
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+
+
+def _p_value(m: Metric) -> str:
+    p = m.details.get("p_value")
+    return "" if p is None else f"{p:.2g}"
+
+
 def _metric_table(report: SubjectReport) -> str:
-    lines = ["<table>", "<tr><th>section</th><th>metric</th><th>value</th><th>chance</th>"
-             "<th>note</th></tr>"]
+    lines = ["<table>", "<tr><th>section</th><th>metric</th><th>value</th><th>95% CI</th><th>chance</th>"
+             "<th>p vs chance</th><th>sd over samples</th><th>note</th></tr>"]
     for section, metrics in report.metrics.items():
         for m in metrics:
             note = m.skipped or ""
             lines.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(m.name)}</td>"
-                         f"<td>{_fmt(m.value)}</td><td>{_fmt(m.chance)}</td>"
+                         f"<td>{_fmt(m.value)}</td><td>{_interval(m)}</td><td>{_fmt(m.chance)}</td>"
+                         f"<td>{_p_value(m)}</td><td>{_fmt(m.details.get('sd_over_samples'))}</td>"
                          f"<td>{html.escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def _summary_table(table: dict[str, Any]) -> str:
+    """A captioned table of pre-formatted cells; the first column labels the rows."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table["columns"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+                   for row in table["rows"])
+    return f"<h3>{html.escape(table['title'])}</h3>\n<table><tr>{head}</tr>{body}</table>"
 
 
 def _settings_list(settings: dict[str, Any]) -> str:
@@ -97,6 +118,7 @@ def _subject_section(report: SubjectReport, prefix: str) -> str:
                  for caption, rel in report.files.items() if not rel.endswith(".png")]
     if downloads:
         parts.append("<p>" + " · ".join(downloads) + "</p>")
+    parts += [_summary_table(t) for t in report.tables]
     parts.append(_metric_table(report))
     parts.append("<h3>settings</h3>" + _settings_list(report.settings))
     ckpts = {name: f"{c['path']} (sha256 {c['sha256'][:16]}…)" for name, c in report.checkpoints.items()}

@@ -19,13 +19,14 @@ std: `lea.data.norm_mean`, `lea.data.norm_std`); images are uint8 RGB `[N, H, W,
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from datasets import load_subject
+from datasets import load_subject, normalisation_options
 from datasets.common import SubjectData
 from models.alignment import AlignmentHeads
 from models.image_features import (ImageFeatureExtractor, build_image_features_from_config, cached_features,
@@ -82,7 +83,7 @@ class LEA:
 
     def __init__(self, pipeline: Pipeline, config: LEAConfig, data: SubjectData, extractor: ImageFeatureExtractor,
                  checkpoints: dict[str, Path], heads_source: Path | None, records: dict[str, dict],
-                 consistency: list[dict]):
+                 consistency: list[dict], log: Log = _quiet):
         self.pipeline = pipeline
         self.config = config
         self.data = data
@@ -92,6 +93,7 @@ class LEA:
         self.heads_source = heads_source
         self.records = records
         self.consistency = consistency
+        self.log = log
         self.device = pipeline.device
         self.dtype = pipeline.dtype
 
@@ -124,7 +126,8 @@ class LEA:
         subject = cls._pick_subject(cfg, subject, source)
         device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
-                            config_file=source)
+                            config_file=source, **normalisation_options(cfg.data.dataset, cfg.data.test_normalisation,
+                                                                        cfg.data.stats_from))
         paths = checkpoint_paths(cfg, subject)
         for key, kind in NETWORK_KINDS.items():
             if not paths[key].exists():
@@ -143,7 +146,7 @@ class LEA:
         if heads_source is not None:
             paths["align"] = heads_source
         return cls(pipeline, cfg, data, extractor, paths, heads_source, records,
-                   weights.consistency + align_checks)
+                   weights.consistency + align_checks, log)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, subject: str | None = None, device: str | torch.device = "auto",
@@ -188,6 +191,7 @@ class LEA:
                 log(f"{subject}: {align_file} was saved with restandardize={heads.restandardize}; "
                     f"using the config's Align.restandardize={cfg.align.restandardize}")
             heads.restandardize = cfg.align.restandardize
+            heads.restandardize_std = cfg.align.restandardize_std
             pipeline.heads = heads
             pipeline._check_sizes()
             records["align"] = {"path": str(align_file), "sha256": file_sha256(align_file)}
@@ -225,28 +229,38 @@ class LEA:
         """Images uint8 [T, H, W, 3] -> predicted fMRI float32 [T, V] (normalised units)."""
         return self.pipeline.encode(np.asarray(images)).fmri.astype(np.float32)
 
-    def evaluate(self, decoded: np.ndarray | None = None, predicted_fmri: np.ndarray | None = None,
-                 classifier_weights: str | None = None, classifier=None) -> dict[str, list]:
-        """The scripts' metrics on the subject's test set: {'decoding': [...], 'encoding': [...]}.
+    @property
+    def features(self) -> Callable[[np.ndarray], torch.Tensor]:
+        """uint8 images [N, H, W, 3] -> image features [N, D] (the config's backend, disk-cached when set)."""
+        return self.pipeline.image_features
 
-        `decoded` (uint8 [T, S, H, W, 3]) and `predicted_fmri` ([T, V]) are the outputs for every
-        test trial and test image in order; each is computed here when not given. The semantic
-        n-way accuracy needs `classifier_weights` (torchvision ViT-H/14) or an already loaded
-        `classifier` pair from `evaluation.classifier.classifier_or_reason`; without either it is
-        skipped with the reason. Each item is an `evaluation.metrics.Metric` (name, value, chance,
-        skipped); `evaluation.metrics.summarize` turns a list into a dict.
+    def evaluate(self, classifier_weights: str | None = None, charts_to: str | Path | None = None) -> dict[str, list]:
+        """The scripts' metric sections on the subject's test set: {'decoding': [...], 'encoding': [...], ...}.
+
+        Decodes every test trial and encodes every test image (Sampling settings and SEED of the
+        config), then scores them with `inference.evaluate.evaluate_subject`, as `LEA_GOD.py` does
+        (without its stage-by-stage diagnostics). The semantic n-way accuracy needs
+        `classifier_weights` (torchvision ViT-H/14); without it, it is skipped with the reason. The
+        charts go to `charts_to` (default: a temporary folder, discarded). Each item is an
+        `evaluation.metrics.Metric` (name, value, chance, skipped); `evaluation.metrics.summarize`
+        turns a list into a dict.
         """
         from evaluation.classifier import classifier_or_reason
-        from inference.run_lea import score_subject  # the scripts' scoring (run_lea imports this module)
+        from evaluation.metrics import resize_images
+        from inference.evaluate import evaluate_subject, load_scoring_tools
+        from inference.run_lea import ground_truth_file, simulator_scores  # run_lea imports this module
 
-        data = self.data
-        if classifier is None:
-            classifier = classifier_or_reason(classifier_weights, self.device)
-        decoded = self.decode(data.test_fmri) if decoded is None else np.asarray(decoded)
-        predicted_fmri = self.encode(data.test_images) if predicted_fmri is None else np.asarray(predicted_fmri)
-        for name, array, rows in (("decoded", decoded, len(data.test_fmri)),
-                                  ("predicted_fmri", predicted_fmri, len(data.test_images))):
-            if len(array) != rows:
-                raise ConfigError(describe(f"LEA.evaluate {name}", f"{rows} rows (the test set of {self.subject})",
-                                           len(array)))
-        return score_subject(self, decoded, predicted_fmri, *classifier)
+        cfg, data = self.config, self.data
+        tools = load_scoring_tools(cfg, self.features, self.extractor.name,
+                                   *classifier_or_reason(classifier_weights, self.device))
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        decoded = self.pipeline.decode(data.test_fmri, cfg.sampling, generator=generator)
+        encoded = self.pipeline.encode(data.test_images)
+        gt = resize_images(data.test_images, decoded.images.shape[2:4])     # [T, H, W, 3]
+        truth = ground_truth_file(cfg.data.path, cfg.data.dataset, self.subject)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(charts_to) if charts_to is not None else Path(scratch)
+            folder.mkdir(parents=True, exist_ok=True)
+            sections, _, _ = evaluate_subject(self.pipeline, data, cfg, decoded, encoded, gt, tools, folder,
+                                              simulator_scores(truth, data), self.log)
+        return sections

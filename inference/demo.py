@@ -4,10 +4,11 @@ Everything lives at fixed places so that a second demo run reuses it:
 
     dataset/simulated/                       python -m datasets.simulate --scale demo
     checkpoints/demo/fmri/<subject>/fmri_autoencoder.pt
-    checkpoints/demo/tokenizer/tokenizer.pt
-    checkpoints/demo/maskgit/maskgit.pt      (paths from the demo LEA config's Checkpoints section)
+    demo_weights/tokenizer.pt, maskgit.pt    shipped, checked against demo_weights/MANIFEST.json
+                                             (inference/demo_weights.py; paths from the demo LEA
+                                             config's Checkpoints section)
 
-Each weight is trained by `train.py` into its own time-stamped run folder; its
+Each missing weight is trained by `train.py` into its own time-stamped run folder; its
 final file is then linked to the stable path only when nothing is there yet, so
 an existing demo weight is never replaced.
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from inference.demo_weights import MANIFEST_NAME, verify_shipped
 from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path
 from utils.errors import ConfigError, LEAError, describe
 
@@ -90,7 +92,8 @@ def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
                   log: Callable[[str], None], progress: bool = True) -> None:
     """Train `stage` and place its final file at `stable`, unless `stable` already exists."""
     if stable.is_file():
-        log(f"demo: using {stable}")
+        shipped = verify_shipped(stable)
+        log(f"demo: using {stable}" + (f" (shipped; sha256 matches {stable.parent / MANIFEST_NAME})" if shipped else ""))
         return
     started = time.time()
     final = train_stage(stage, config, overrides, log, progress)

@@ -23,13 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
 from models.image_features import ImageFeatureExtractor, build_image_features_from_config, features_of
-from models.lea import resolve_device
+from models.lea import maskgit_condition_recipe, resolve_device
 from models.provenance import MISMATCH_NAMES
 from evaluation import metrics as M
 from utils.config import LEAConfig, load_config, save_config
@@ -41,8 +40,11 @@ from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz, progre
 from utils.precision import precision_name, resolve_precision
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
+from inference.evaluate import evaluate_subject, load_scoring_tools, n_way_for, summary_lines
+from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
+from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
+from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
 
-DEFAULT_N_WAY = 50            # n of the n-way accuracies (the paper's), capped by the test-set size
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
 
 
@@ -97,6 +99,16 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
     p.add_argument("--classifier-weights", default=None,
                    help="torchvision ViT-H/14 ImageNet weights (vit_h_14_swag-80465313.pth) for the n-way "
                         "semantic accuracy; skipped without it")
+    p.add_argument("--test-normalisation", choices=("train", "release"),
+                   help="GOD test fMRI normalisation (Data.test_normalisation): train statistics, or the release's "
+                        "quirk that leaves it in raw units")
+    p.add_argument("--stats-from", choices=("train", "all"),
+                   help="BOLD5000 normalisation statistics (Data.stats_from): training trials, or all trials as "
+                        "the release")
+    p.add_argument("--fid-weights", help="FID Inception weights file (pytorch-fid / torch-fidelity "
+                                         "pt_inception-2015-12-05-6726825d.pth) for FID; skipped without it")
+    p.add_argument("--lpips-weights", help="ALEXNET,LINEAR: torchvision AlexNet and the lpips v0.1 linear-layer "
+                                           "files for LPIPS identification; skipped without them")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set Align.restandardize=false (repeatable)")
     p.add_argument("--accept-mismatch", action="append", default=[], choices=MISMATCH_NAMES,
@@ -119,7 +131,10 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
                                    repr(cfg.data.dataset)))
     for option, (section, name) in {"fmri_ckpt": ("checkpoints", "fmri"), "tokenizer_ckpt": ("checkpoints", "tokenizer"),
                                     "maskgit_ckpt": ("checkpoints", "maskgit"), "align": ("checkpoints", "align"),
-                                    "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps")}.items():
+                                    "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps"),
+                                    "test_normalisation": ("data", "test_normalisation"),
+                                    "stats_from": ("data", "stats_from"), "fid_weights": ("eval", "fid_weights"),
+                                    "lpips_weights": ("eval", "lpips_weights")}.items():
         value = getattr(args, option)
         if value is not None:
             setattr(getattr(cfg, section), name, value)
@@ -194,33 +209,6 @@ def preflight(cfg: LEAConfig, spec: ScriptSpec, demo: bool) -> None:
 # Metrics
 # ---------------------------------------------------------------------------
 
-def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
-    if images.shape[1:3] == tuple(size):
-        return images
-    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-                     for im in images])
-
-
-def n_way_for(count: int) -> int | None:
-    """n of the n-way accuracies: the paper's 50, at most the number of items; None below 3 items."""
-    return min(DEFAULT_N_WAY, count) if count >= 3 else None
-
-
-def decoding_metrics(gt: np.ndarray, decoded: np.ndarray, gt_features: torch.Tensor,
-                     decoded_features: torch.Tensor, backend: str, classifier, classifier_reason) -> list[M.Metric]:
-    """Image-side metrics; `gt` [T, H, W, 3] at the decoded resolution, `decoded` [T, S, H, W, 3]."""
-    out = [M.classifier_n_way(gt, decoded, classifier, skip_reason=classifier_reason)]
-    out += [M.pairwise_identification(gt, decoded, score) for score in ("mse", "pcc", "ssim")]
-    out += [M.lpips_identification(gt, decoded), M.fid(gt, decoded)]
-    out.append(M.feature_identification(gt_features, decoded_features, "pcc", name=f"{backend}_pairwise_pcc"))
-    n = n_way_for(len(gt))
-    if n is not None:
-        out.append(M.feature_n_way_top1(gt_features, decoded_features, n, "pcc",
-                                        name=f"{backend}_{n}way_top1_pcc"))
-    return out
-
-
 def ground_truth_file(data_path: str, dataset: str, subject: str) -> Path | None:
     """The simulator's noise-free responses for a subject, found above the data folder; None for real data."""
     for parent in [Path(data_path), *Path(data_path).parents][:4]:
@@ -250,38 +238,18 @@ def read_noise_free(path: Path, data: SubjectData) -> np.ndarray:
     return clean
 
 
-def encoding_metrics(data: SubjectData, predicted: np.ndarray, truth_path: Path | None) -> list[M.Metric]:
-    measured, roi_patch, roi_names = data.test_fmri, data.roi_patch, data.roi_names
-    out = M.encoding_pearson(measured, predicted, roi_patch, roi_names)
-    out += M.encoding_mse(measured, predicted, roi_patch, roi_names)
-    out += M.fmri_identification(measured, predicted, n_way=n_way_for(len(measured)))
-    r = M.voxelwise_pearson(measured, predicted)
+def simulator_scores(truth_path: Path | None, data: SubjectData):
+    """Predicted fMRI [T, V] -> fraction of the simulator's true noise ceiling (none for recorded data)."""
     if truth_path is None:
-        reason = "needs the simulator's noise-free responses (ground_truth/); not available for recorded data"
-        out += [M.skipped(name, reason) for name in ("noise_ceiling_mean_r", "fraction_of_noise_ceiling",
-                                                     "median_voxel_fraction_of_ceiling")]
-    else:
-        out += M.noise_ceiling_fraction(r, read_noise_free(truth_path, data), measured=measured)
-    return out
+        return lambda predicted: []
+    noise_free = read_noise_free(truth_path, data)
+    return lambda predicted: M.noise_ceiling_fraction(M.voxelwise_pearson(data.test_fmri, predicted), noise_free,
+                                                      measured=data.test_fmri, prefix="simulator_")
 
 
 # ---------------------------------------------------------------------------
 # One subject
 # ---------------------------------------------------------------------------
-
-def score_subject(lea: LEA, images: np.ndarray, predicted: np.ndarray, classifier,
-                  classifier_reason: str | None) -> dict[str, list[M.Metric]]:
-    """Both directions' metrics for the subject's test set: `images` uint8 [T, S, H, W, 3] decoded
-    from its trials, `predicted` [T, V] encoded from its images (`LEA.evaluate` calls this)."""
-    data, extractor = lea.data, lea.extractor
-    gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
-    decoded_feats = features_of(extractor, images.reshape(-1, *images.shape[2:]))  # [T*S, D]
-    decoded_feats = decoded_feats.reshape(*images.shape[:2], -1)  # [T, S, D]
-    truth = ground_truth_file(lea.config.data.path, data.dataset, data.subject)
-    return {"decoding": decoding_metrics(gt, images, lea.pipeline.image_features(gt), decoded_feats,
-                                         extractor.name, classifier, classifier_reason),
-            "encoding": encoding_metrics(data, predicted, truth)}
-
 
 def checkpoint_record(path: Path) -> dict[str, str]:
     return {"path": str(path), "sha256": file_sha256(path)}
@@ -290,43 +258,65 @@ def checkpoint_record(path: Path) -> dict[str, str]:
 def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
                 device: torch.device, dtype: torch.dtype | None, classifier, classifier_reason, progress: bool,
                 log) -> SubjectReport:
-    lea = LEA.from_config(cfg, subject, device, extractor=extractor, progress=progress, log=log,
+    api = LEA.from_config(cfg, subject, device, extractor=extractor, progress=progress, log=log,
                           config_path=config_path)
-    data, records = lea.data, lea.records
+    data, paths, records, lea, features = api.data, api.checkpoints, api.records, api.pipeline, api.features
+    tools = load_scoring_tools(cfg, features, extractor.name, classifier, classifier_reason)
     folder = run_dir / subject
     folder.mkdir()
-    if lea.heads_source is not None:
-        align_source = str(lea.heads_source)
+    if api.heads_source is not None:
+        align_source = str(api.heads_source)
     else:
         saved = lea.heads.save(folder / "align.pt")
         records["align"] = checkpoint_record(saved)
         align_source = f"fitted on the training set, saved to {subject}/align.pt"
 
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     log(f"{subject}: decoding {len(data.test_fmri)} test trials x {cfg.sampling.num_samples} samples")
-    images = lea.decode(data.test_fmri)                         # [T, S, H, W, 3]
+    decoded = lea.decode(data.test_fmri, cfg.sampling, generator=generator)
     log(f"{subject}: encoding {len(data.test_images)} test images")
-    predicted = lea.encode(data.test_images)                    # [T, V]
+    encoded = lea.encode(data.test_images)
 
-    gt = resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
+    images = decoded.images                                     # [T, S, H, W, 3]
+    gt = M.resize_images(data.test_images, images.shape[2:4])     # [T, H, W, 3]
     atomic_save_npy(folder / "decoded_images.npy", images)
-    atomic_save_npy(folder / "predicted_fmri.npy", predicted)
+    atomic_save_npy(folder / "predicted_fmri.npy", encoded.fmri.astype(np.float32))
     save_png(folder / "sample_image.png", sample_grid(gt, images, max_rows=GRID_MAX_ROWS))
-    save_png(folder / "sample_fmri.png", fmri_scatter(data.test_fmri, predicted, data.roi_names, data.roi_patch))
+    save_png(folder / "sample_fmri.png", fmri_scatter(data.test_fmri, encoded.fmri, data.roi_names, data.roi_patch))
     save_image_files(folder / "images", gt, images)
 
     log(f"{subject}: scoring")
-    metrics = lea.evaluate(images, predicted, classifier=(classifier, classifier_reason))
     truth = ground_truth_file(cfg.data.path, cfg.data.dataset, subject)
+    scorer, semantic_reason = semantic_scorer_or_reason(data, cfg.data.path, stimuli=gt)
+    log(f"{subject}: diagnostics (tokenizer round trip, decoding from true features, retrieval)")
+    diag = diagnose(gt=gt, decoded=images, train_images=data.train_images, train_features=features(data.train_images),
+                    predicted_features=decoded.features, true_features=encoded.features,
+                    round_trip=lea.tokenizer_round_trip,
+                    generate=lambda f: lea.generate_images(f, cfg.sampling, torch.Generator(device=device).manual_seed(
+                        cfg.seed), desc="decoding true features"),
+                    feature_fn=lambda x: features_of(extractor, x), backend=extractor.name,
+                    n_way=n_way_for(len(gt)), scorer=scorer, semantic_reason=semantic_reason)
+    save_png(folder / DIAGNOSTICS_FIGURE, diag.figure)
+    metrics, eval_settings, charts = evaluate_subject(
+        lea, data, cfg, decoded, encoded, gt, tools, folder, simulator_scores(truth, data), log,
+        extra={"decoding": scorer.score(images) if scorer else skipped_semantic(semantic_reason),
+               "diagnostics": diag.metrics})
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,
         "num_samples": cfg.sampling.num_samples, "steps": cfg.sampling.steps,
         "schedule": cfg.sampling.schedule, "choice_temperature": cfg.sampling.choice_temperature,
+        "guidance_scale": cfg.sampling.guidance_scale,
+        "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
+        "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
+                          else "off: unguided sampling (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},
-        "restandardize": cfg.align.restandardize,
-        "consistency": lea.consistency,
+        "restandardize": cfg.align.restandardize, "restandardize_std": cfg.align.restandardize_std,
+        "test_normalisation": cfg.data.test_normalisation, "stats_from": cfg.data.stats_from,
+        **eval_settings,
+        "consistency": api.consistency,
         "accepted_mismatches": list(cfg.checkpoints.accept_mismatch),
         "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
                                if cfg.align.restandardize else "off: no test-set statistics are used"),
@@ -336,16 +326,21 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "metric_image_size": list(images.shape[2:4]),
         "ground_truth_resized": list(data.test_images.shape[1:3]) != list(images.shape[2:4]),
         "noise_free_responses": str(truth) if truth else None,
+        "semantic_accuracy": (f"simulated attributes from {scorer.source}; classifier fitted on the training stimuli"
+                              if scorer else semantic_reason),
+        "diagnostics": DIAGNOSTICS_NOTE,
         "data_source": data.source,
     }
     files = {"ground truth and decoded samples": "sample_image.png",
+             "stage by stage: stimulus, tokenizer round trip, decoded from true features, retrieval, LEA":
+                 DIAGNOSTICS_FIGURE,
              "measured vs predicted fMRI per ROI": "sample_fmri.png",
              "decoded_images.npy": "decoded_images.npy", "predicted_fmri.npy": "predicted_fmri.npy",
-             "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
+             **charts, "per-image PNGs": "images/", "metrics.csv": "metrics.csv", "metrics.json": "metrics.json"}
     if (folder / "align.pt").is_file():
         files["alignment heads"] = "align.pt"
     report = SubjectReport(subject=subject, dataset=data.dataset, folder=subject, metrics=metrics,
-                           settings=settings, checkpoints=records, files=files)
+                           settings=settings, checkpoints=records, files=files, tables=[diag.table()])
     write_subject_report(folder, report, cfg.name)
     return report
 
@@ -354,14 +349,31 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
 # Entry point
 # ---------------------------------------------------------------------------
 
+HEADLINE_PER_SECTION = 4      # console: the first metrics with a value of each section
+
+
 def headline(report: SubjectReport) -> str:
-    """A short line of the main numbers for the console."""
+    """The main numbers for the console: semantic accuracy first, then the stage table."""
     parts = []
     for section in ("decoding", "encoding"):
-        for m in report.metrics[section]:
-            if m.value is not None and m.chance is not None:
-                parts.append(f"{m.name} {m.value:.3f} (chance {m.chance:.3f})")
-    return "; ".join(parts[:6])
+        shown = [m for m in report.metrics[section] if m.value is not None and m.chance is not None
+                 and not m.name.startswith("sim_attribute_accuracy_")]
+        parts += [f"{m.name} {m.value:.3f} (chance {m.chance:.3f})" for m in shown[:HEADLINE_PER_SECTION]]
+    lines = ["; ".join(parts[:HEADLINE_PER_SECTION]), "; ".join(parts[HEADLINE_PER_SECTION:])]
+    for table in report.tables:
+        columns = table["columns"][1:]
+        lines.append(f"{table['title']}:")
+        lines += [f"  {row[0]:<36} " + ", ".join(f"{c} {v}" for c, v in zip(columns, row[1:]) if v != "–")
+                  for row in table["rows"]]
+    return "\n  ".join(lines)
+
+
+def rerun_hint(run_dir: Path) -> str:
+    """How to go on after an unfinished run: run again, reusing alignment heads it already fitted."""
+    fitted = sorted(run_dir.glob("*/align.pt"))
+    reuse = f"; add --align {run_dir}/{{subject}}/align.pt to reuse the heads fitted for " \
+            f"{', '.join(p.parent.name for p in fitted)}" if fitted else ""
+    return f"run the command again (a new results folder is made; {run_dir} is kept as it is){reuse}"
 
 
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
@@ -379,15 +391,19 @@ def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders
 
     classifier, classifier_reason = classifier_or_reason(args.classifier_weights, device)
     run_dir = new_run_dir(cfg.out_dir, cfg.name)
-    folders.started(run_dir, f"run the command again (a new results folder is made; {run_dir} is kept as it is)")
+    folders.started(run_dir, lambda: rerun_hint(run_dir))
     save_config(cfg, run_dir / "config.yaml")
     reports = []
     for subject in cfg.data.subjects:
         reports.append(run_subject(subject, cfg, config_path, run_dir, extractor, device, dtype,
                                    classifier, classifier_reason, progress, log))
         log(f"{subject}: {headline(reports[-1])}")
+        for line in summary_lines(subject, reports[-1].metrics, reports[-1].settings["headline_mode"].split(":")[0]):
+            log(line)
     run_info = {"script": spec.script, "config": config_path, "subjects": list(cfg.data.subjects),
-                "restandardize": cfg.align.restandardize, "device": str(device), "precision": precision_name(dtype),
+                "restandardize": cfg.align.restandardize, "restandardize_std": cfg.align.restandardize_std,
+                "test_normalisation": cfg.data.test_normalisation, "stats_from": cfg.data.stats_from,
+                "device": str(device), "precision": precision_name(dtype),
                 "seconds": round(time.time() - started, 1), "command": " ".join(["python", spec.script, *argv])}
     write_run_report(run_dir, reports, cfg.name, run_info)
     folders.finished(run_dir)

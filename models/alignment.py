@@ -19,6 +19,7 @@ option whose setting is stored with the heads and reported by `describe()`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -274,12 +275,13 @@ def _load_payload(path: str | Path, expected_format: str) -> dict[str, Any]:
 
 
 def restandardize(pred: torch.Tensor, target_mean: torch.Tensor,
-                  target_std: torch.Tensor) -> torch.Tensor:
+                  target_std: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """Z-score `pred [N, D]` per dimension over its N rows, rescale to the target statistics.
 
     `target_mean`, `target_std` [D] are the per-dimension statistics of the
-    training targets. Standard deviations are population ones (ddof 0); a
-    constant prediction dimension maps to the target mean.
+    training targets. The standard deviation over the N predictions is the
+    population one (ddof 0), or with `unbiased` the sample one (ddof 1, the
+    release's `torch.std`); a constant prediction dimension maps to the target mean.
     """
     _check_matrix("predictions to re-standardise", pred)
     if pred.shape[0] < 2:
@@ -290,7 +292,7 @@ def restandardize(pred: torch.Tensor, target_mean: torch.Tensor,
         if stat.shape != pred.shape[1:]:
             raise DataError(describe(name, f"shape [{pred.shape[1]}]", list(stat.shape)))
     mean = pred.mean(0, keepdim=True)                                   # [1, D]
-    std = pred.std(0, unbiased=False, keepdim=True).clamp_min(STD_EPS)  # [1, D]
+    std = pred.std(0, unbiased=unbiased, keepdim=True).clamp_min(STD_EPS)  # [1, D]
     z = (pred - mean) / std                                             # [N, D]
     return z * target_std.to(pred) + target_mean.to(pred)
 
@@ -299,6 +301,15 @@ def _column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-dimension mean and population std of `x [N, D]`, float64 on CPU."""
     x64 = x.detach().to(torch.float64).cpu()
     return x64.mean(0), x64.std(0, unbiased=False)
+
+
+STD_MODES = ("population", "unbiased")
+
+
+def check_std_mode(mode: str) -> str:
+    if mode not in STD_MODES:
+        raise ConfigError(describe("restandardize_std", f"one of {STD_MODES}", repr(mode)))
+    return mode
 
 
 class AlignmentHeads:
@@ -313,10 +324,11 @@ class AlignmentHeads:
     def __init__(self, decode_alpha: float = DEFAULT_ALPHA, encode_alpha: float = DEFAULT_ALPHA,
                  decode_intercept: bool = False, encode_intercept: bool = True,
                  restandardize: bool = True, alphas: Optional[Sequence[float]] = None,
-                 cv_folds: int = DEFAULT_CV_FOLDS):
+                 cv_folds: int = DEFAULT_CV_FOLDS, restandardize_std: str = "population"):
         self.decoder = RidgeHead(decode_alpha, decode_intercept, alphas, cv_folds)
         self.encoder = RidgeHead(encode_alpha, encode_intercept, alphas, cv_folds)
         self.restandardize = bool(restandardize)
+        self.restandardize_std = check_std_mode(restandardize_std)
         self.stats: dict[str, torch.Tensor] = {}
         self.n_train = 0
         # what the heads were fitted on: {'fmri_checkpoint': {'path', 'sha256'}, 'features': {...}}
@@ -341,19 +353,28 @@ class AlignmentHeads:
         self.n_train = int(fmri_latents.shape[0])
         return self
 
+    def _restandardize(self, pred: torch.Tensor, side: str) -> torch.Tensor:
+        """Re-standardise to the training statistics of `side` ('image' or 'fmri') when switched on.
+
+        With `restandardize_std='unbiased'` (the release) both the test and the training
+        standard deviations are sample ones (ddof 1); the stored population std of the
+        N training rows is rescaled by sqrt(N / (N - 1)).
+        """
+        if not self.restandardize:
+            return pred
+        unbiased = self.restandardize_std == "unbiased"
+        std = self.stats[f"{side}_std"]
+        if unbiased and self.n_train > 1:
+            std = std * math.sqrt(self.n_train / (self.n_train - 1))
+        return restandardize(pred, self.stats[f"{side}_mean"], std, unbiased=unbiased)
+
     def decode(self, fmri_latents: torch.Tensor) -> torch.Tensor:
         """fMRI latents `[N, Df]` -> image features `[N, Di]`."""
-        pred = self.decoder.predict(fmri_latents)
-        if self.restandardize:
-            pred = restandardize(pred, self.stats["image_mean"], self.stats["image_std"])
-        return pred
+        return self._restandardize(self.decoder.predict(fmri_latents), "image")
 
     def encode(self, image_features: torch.Tensor) -> torch.Tensor:
         """Image features `[N, Di]` -> fMRI latents `[N, Df]`."""
-        pred = self.encoder.predict(image_features)
-        if self.restandardize:
-            pred = restandardize(pred, self.stats["fmri_mean"], self.stats["fmri_std"])
-        return pred
+        return self._restandardize(self.encoder.predict(image_features), "fmri")
 
     def describe(self) -> dict[str, Any]:
         """Settings to report next to results (plain JSON-able values)."""
@@ -367,6 +388,7 @@ class AlignmentHeads:
             "encode_intercept": self.encoder.fit_intercept,
             "restandardize": self.restandardize,
             "restandardize_uses_test_statistics": self.restandardize,
+            "restandardize_std": self.restandardize_std,
             "cv_alphas": self.decoder.alphas,
             "decode_cv_scores": {str(a): s for a, s in self.decoder.cv_scores.items()},
             "encode_cv_scores": {str(a): s for a, s in self.encoder.cv_scores.items()},

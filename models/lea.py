@@ -84,6 +84,21 @@ def check_expected(records: Mapping[str, Any], expect: Mapping[str, Any] | None,
                                            f"{records[key]!r}: this network was trained for another {key}"))
 
 
+CONDITION_AUGMENTATION_KEYS = ("condition_drop", "condition_noise", "condition_shrink")
+
+
+def maskgit_condition_recipe(path: str | Path) -> dict:
+    """How a MaskGIT model file was trained to take its condition: the Loss.condition_* values of
+    its training config (absent keys, e.g. in files from before these options, count as 0 = off).
+    A Hub-style folder's config.json holds the same training config."""
+    payload = read_config(path, "maskgit") if Path(path).is_dir() else safe_torch_load(path)
+    loss = (payload.get("config") or {}).get("Loss") or {} if isinstance(payload, dict) else {}
+    recipe = {k: float(loss.get(k, 0.0)) for k in CONDITION_AUGMENTATION_KEYS}
+    recipe["note"] = ("condition augmentation on (noise / shrink / drop as listed)" if any(recipe.values())
+                      else "off: the release's training (no condition noise, no condition dropout)")
+    return recipe
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cpu' / 'cuda' as given."""
     if name == "auto":
@@ -215,21 +230,44 @@ class LEA:
         heads = self._require_heads()
         latents = self.fmri_latents(fmri)  # [T, Df]
         features = heads.decode(latents.double()).float()  # [T, Di], whole test set at once
+        images = self.generate_images(features, sampling, generator=generator)
+        return DecodeResult(images=images, fmri_latents=latents, features=features)
+
+    @torch.no_grad()
+    def generate_images(self, features: torch.Tensor, sampling: SamplingConfig,
+                        generator: torch.Generator | None = None, desc: str = "decoding") -> np.ndarray:
+        """Image features [T, Di] (the MaskGIT condition) -> `sampling.num_samples` images each,
+        uint8 [T, S, H, W, 3]."""
         samples = sampling.num_samples
         trials_per_call = max(1, self.batch_size // samples)
         steps = list(_chunks(len(features), trials_per_call))
         images = []
-        for sl in self._bar(steps, "decoding", len(steps)):
-            cond = features[sl].to(self.device)  # [b, Di]
+        for sl in self._bar(steps, desc, len(steps)):
+            cond = features[sl].float().to(self.device)  # [b, Di]
             with autocast(self.device, self.dtype):
                 tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
                                                schedule=sampling.schedule,
                                                choice_temperature=sampling.choice_temperature,
-                                               generator=generator)  # [b, S, N]
+                                               generator=generator,
+                                               guidance_scale=sampling.guidance_scale)  # [b, S, N]
                 pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S, 3, H, W]
             batch = to_uint8(pixels)  # [b*S, H, W, 3]
             images.append(batch.reshape(len(cond), samples, *batch.shape[1:]))  # [b, S, H, W, 3]
-        return DecodeResult(images=np.concatenate(images), fmri_latents=latents, features=features)
+        return np.concatenate(images)
+
+    @torch.no_grad()
+    def tokenizer_round_trip(self, images: np.ndarray) -> np.ndarray:
+        """Images uint8 [N, H, W, 3] -> tokens -> images uint8 [N, H, W, 3] (the tokenizer's own loss)."""
+        out = []
+        steps = list(_chunks(len(images), self.batch_size))
+        for sl in self._bar(steps, "tokenizer round trip", len(steps)):
+            x = torch.from_numpy(np.ascontiguousarray(images[sl])).permute(0, 3, 1, 2)  # [b, 3, H, W] uint8
+            x = (x.float() / UINT8_MAX).to(self.device, memory_format=torch.channels_last)
+            with autocast(self.device, self.dtype):
+                _, indices = self.tokenizer.encode(x)  # [b, h, w]
+                pixels = self.tokenizer.decode_indices(indices)  # [b, 3, H, W]
+            out.append(to_uint8(pixels))
+        return np.concatenate(out)
 
     @torch.no_grad()
     def encode(self, images: np.ndarray) -> EncodeResult:

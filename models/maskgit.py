@@ -195,10 +195,23 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
         return F.linear(head, self.token_emb.weight[:c.num_codebook],
                         self.mlps_bias[:c.num_codebook])  # [B, N, num_codebook]
 
+    def guided_logits(self, token_ids: torch.Tensor, condition: torch.Tensor,
+                      guidance_scale: float = 0.0) -> torch.Tensor:
+        """Logits [B, N, num_codebook] with classifier-free guidance:
+        cond + guidance_scale * (cond - null), the null condition being all zeros (what condition
+        dropout trains). guidance_scale 0 is one plain forward pass."""
+        if guidance_scale == 0:
+            return self(token_ids, condition)
+        both = self(torch.cat([token_ids, token_ids]),
+                    torch.cat([condition, torch.zeros_like(condition)])).float()  # [2B, N, K]
+        cond, null = both.chunk(2)
+        return cond + guidance_scale * (cond - null)
+
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, num_samples: int = 1, steps: int = 11,
                  schedule: str = "cosine", choice_temperature: float = 4.5,
-                 generator: torch.Generator | None = None, return_history: bool = False):
+                 generator: torch.Generator | None = None, return_history: bool = False,
+                 guidance_scale: float = 0.0):
         """Iterative decoding from an all-masked grid.
 
         condition: [B, condition_dim]. Each row is decoded `num_samples` times in one batch of
@@ -207,15 +220,17 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
         (1 - (t+1)/T) * Gumbel noise (known tokens score +inf) and re-mask the
         n = floor(N * gamma((t+1)/T)) least confident, n clipped to [1, #masked - 1]. The last step's
         samples are returned. `generator` (on the condition's device) makes sampling reproducible.
+        `guidance_scale` > 0 samples from classifier-free-guided logits (`guided_logits`); 0 is
+        the release's unguided sampling, exactly.
         The module's train / eval mode is left as it is: call `.eval()` first to disable dropout.
 
         Returns token ids [B, num_samples, N] (long, in [0, num_codebook)); with `return_history`,
         also the list of masked-token counts left after each step (the last one is 0).
         """
         c = self.config
-        if steps < 1 or num_samples < 1:
-            raise ConfigError(describe("MaskGIT generate", "steps >= 1 and num_samples >= 1",
-                                       f"steps={steps}, num_samples={num_samples}"))
+        if steps < 1 or num_samples < 1 or guidance_scale < 0:
+            raise ConfigError(describe("MaskGIT generate", "steps >= 1, num_samples >= 1, guidance_scale >= 0",
+                                       f"steps={steps}, num_samples={num_samples}, guidance_scale={guidance_scale}"))
         if generator is not None and generator.device.type != condition.device.type:
             raise ConfigError(describe("MaskGIT generate generator", f"a generator on {condition.device}",
                                        f"one on {generator.device}"))
@@ -226,7 +241,7 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
                          device=condition.device)  # [B*S, N]
         history = []
         for t in range(steps):
-            probs = self(ids, condition).float().softmax(-1)  # [B*S, N, K]
+            probs = self.guided_logits(ids, condition, guidance_scale).float().softmax(-1)  # [B*S, N, K]
             sampled = torch.multinomial(probs.reshape(-1, c.num_codebook), 1,
                                         generator=generator).reshape(ids.shape)  # [B*S, N]
             unknown = ids == self.mask_token_id  # [B*S, N]

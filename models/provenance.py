@@ -98,8 +98,8 @@ def alignment_checks(record: Mapping[str, Any], heads: str | Path, fmri: str | P
                      features: Mapping[str, Any]) -> list[Check]:
     """Compare alignment heads' records with the fMRI checkpoint and features given (a missing record
     is refused like a mismatch)."""
-    refit = ("refit the heads (python train.py align ..., or drop --align / Checkpoints.align so that LEA fits "
-             "them on the training set)")
+    refit = ("refit the heads: python train.py align --config <this LEA config> (LEA then finds the new run), "
+             "or --align <a path with no heads> to have LEA fit them on the training set")
     return [
         file_check("align", f"alignment heads {heads} vs fMRI checkpoint {fmri}", record.get("fmri_checkpoint") or {},
                    fmri, fmri_sha, refit, require_record=True),

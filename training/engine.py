@@ -49,6 +49,14 @@ class TrainModule(nn.Module):
         """AdamW parameter groups; override for several learning rates (e.g. a discriminator)."""
         return param_groups(self.named_parameters(), self, train.weight_decay)
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradient norms are clipped separately (Train.grad_clip); override
+        when the module trains networks with separate objectives (a generator and its discriminator)."""
+        return [list(self.parameters())]
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step with the new step count (e.g. to restart dead codes)."""
+
 
 class Stage:
     """One network's training recipe. Subclasses set the attributes and override the hooks."""
@@ -371,11 +379,13 @@ class Trainer:
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + float(v) / accum
                 if self.train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train.grad_clip)
+                    for group in self.module.clip_groups():
+                        torch.nn.utils.clip_grad_norm_(group, self.train.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.step += 1
+                self.module.after_step(self.step)
                 logger.step(sums)
                 if self.step == 1 or self._due(self.train.log_interval):
                     logger.log(self.step, lr, all_reduce_mean(sums, self.info))

@@ -43,11 +43,13 @@ def lr_at(step: int, train: TrainConfig, base_lr: float | None = None) -> float:
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], module: nn.Module,
-                 weight_decay: float, lr: float | None = None) -> list[dict]:
+                 weight_decay: float, lr: float | None = None,
+                 betas: tuple[float, float] | None = None) -> list[dict]:
     """Split trainable parameters into a decayed and a non-decayed group.
 
     Not decayed: biases and other 1-D parameters, weights of NO_DECAY_MODULES, and parameters
     named like NO_DECAY_NAMES. `named_params` are parameters of `module` (names relative to it).
+    `lr` / `betas` override the optimiser's for these groups.
     """
     skip = {f"{mod_name}.{p_name}" if mod_name else p_name
             for mod_name, mod in module.named_modules() if isinstance(mod, NO_DECAY_MODULES)
@@ -61,6 +63,8 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], module: nn.Mo
         else:
             decay.append(p)
     extra = {} if lr is None else {"lr": lr}
+    if betas is not None:
+        extra["betas"] = tuple(betas)
     return [{"params": decay, "weight_decay": weight_decay, **extra},
             {"params": no_decay, "weight_decay": 0.0, **extra}]
 

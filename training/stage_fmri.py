@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets import load_subject
+from datasets import load_subject, normalisation_options
 from datasets.common import SubjectData
 from models.checkpoints import (MINDVIS_HINT, load_mindvis_fmri_encoder, load_release_checkpoint,
                                 load_state_dict_strict, safe_torch_load)
@@ -62,8 +62,8 @@ def data_section(values: dict, source: str) -> DataConfig:
 
 def load_stage_subject(data: DataConfig, subject: str, source: str) -> SubjectData:
     """Load `subject`, checking Data.roi_patch / Data.num_voxel against what the files hold."""
-    subject_data = load_subject(data.dataset, data.path, subject, roi_patch=data.roi_patch,
-                                config_file=source)
+    subject_data = load_subject(data.dataset, data.path, subject, roi_patch=data.roi_patch, config_file=source,
+                                **normalisation_options(data.dataset, data.test_normalisation, data.stats_from))
     if data.num_voxel is not None and data.num_voxel != subject_data.num_voxels:
         raise ConfigError(describe(f"{source}: Data.num_voxel for {subject}",
                                    f"the data's voxel count {subject_data.num_voxels}", data.num_voxel))

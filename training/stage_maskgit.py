@@ -10,7 +10,10 @@ left-right flipped images are tokenised and described too and picked with probab
 Objective (spec 4, "Training"): per image draw u ~ U(0, 1), mask ratio r = max(gamma(u),
 Loss.min_mask_rate) with gamma the Loss.schedule (cosine: cos(pi u / 2)); replace floor(r * N)
 random tokens (at least one) by the mask id; cross-entropy with label smoothing on the masked
-tokens only.
+tokens only. Optional condition augmentation (Loss.condition_shrink / condition_noise /
+condition_drop, `augment_condition`; all 0 = the release's training): shrunk and noisy conditions
+resemble features predicted from fMRI, and dropped (all-zero) conditions train the null condition
+that classifier-free guidance (Sampling.guidance_scale) contrasts with.
 
 Init.transformer starts from MaskGIT's published class-conditional ImageNet-256 transformer (every
 weight but the condition projection); its taken / new / ignored table is printed and saved as
@@ -41,7 +44,7 @@ from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.stage_fmri import image_features
 from training.stage_tokenizer import FINAL_NAME as TOKENIZER_FILE, check_image_size, resize_images, stimulus_images
-from utils.config import MaskGITStageConfig, read_yaml, to_dict
+from utils.config import MaskGITLossConfig, MaskGITStageConfig, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_save_npy, file_sha256, read_cache
 from utils.run_files import resolve
@@ -103,16 +106,44 @@ class TokenSet(Dataset):
         return {"tokens": self.tokens[v, i], "condition": self.conditions[v, i]}
 
 
+def augment_condition(cond: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, loss: MaskGITLossConfig,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time condition augmentation (Loss.condition_*), per row of cond [B, D]:
+    shrink towards the feature mean by a factor U(1 - condition_shrink, 1), add Gaussian noise of
+    U(0, condition_noise) times the per-dimension feature std, then replace the row by the null
+    (all-zero) condition with probability condition_drop. mean, std: [D] over the training conditions."""
+    B = cond.shape[0]
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=generator, device=cond.device)
+
+    if loss.condition_shrink:
+        keep = 1.0 - loss.condition_shrink * uniform(B, 1)  # [B, 1]
+        cond = mean + keep * (cond - mean)
+    if loss.condition_noise:
+        level = loss.condition_noise * uniform(B, 1)  # [B, 1]
+        cond = cond + level * std * torch.randn(cond.shape, generator=generator, device=cond.device)
+    if loss.condition_drop:
+        cond = cond.masked_fill(uniform(B, 1) < loss.condition_drop, 0.0)
+    return cond
+
+
 class MaskGITTrainModule(TrainModule):
-    def __init__(self, model: MaskGITTransformer, cfg: MaskGITStageConfig):
+    def __init__(self, model: MaskGITTransformer, cfg: MaskGITStageConfig,
+                 condition_stats: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.model = model
         self.gamma = mask_schedule(cfg.loss.schedule)
         self.min_mask_rate = cfg.loss.min_mask_rate
         self.label_smoothing = cfg.loss.label_smoothing
+        self.loss_cfg = cfg.loss
+        mean, std = condition_stats or (torch.zeros(model.config.condition_dim), torch.ones(model.config.condition_dim))
+        self.register_buffer("cond_mean", mean.float(), persistent=False)  # [D]
+        self.register_buffer("cond_std", std.float(), persistent=False)  # [D]
 
     def forward(self, batch: dict[str, torch.Tensor], step: int):
         tokens, cond = batch["tokens"], batch["condition"]  # [B, N], [B, D]
+        cond = augment_condition(cond, self.cond_mean, self.cond_std, self.loss_cfg)
         B, N = tokens.shape
         u = torch.rand(B, device=tokens.device)
         ratio = self.gamma(u).clamp_min(self.min_mask_rate)  # [B]
@@ -169,13 +200,15 @@ class MaskGITStage(Stage):
             self.run_files[INIT_TABLE_NAME] = table + "\n"
         if cfg.init.checkpoint:
             log(load_release_checkpoint(cfg.init.checkpoint, model).table())
-        self.module = MaskGITTrainModule(model, cfg)
+        flat = self.train_set.conditions.flatten(0, 1)  # [V*M, D]
+        self.module = MaskGITTrainModule(model, cfg, (flat.mean(0), flat.std(0)))
 
     def sample(self, module: MaskGITTrainModule, step: int, out_dir: Path) -> None:
         device = next(module.parameters()).device
         s = self.config.sampling
         ids = module.model.generate(self.sample_conditions.to(device), num_samples=1, steps=s.steps,
-                                    schedule=s.schedule, choice_temperature=s.choice_temperature)[:, 0]  # [B, N]
+                                    schedule=s.schedule, choice_temperature=s.choice_temperature,
+                                    guidance_scale=s.guidance_scale)[:, 0]  # [B, N]
         images = self.tokenizer.to(device).decode_indices(ids).float()
         save_image_grid(torch.cat([self.sample_images.to(device), images]), out_dir / f"step_{step:06d}.png",
                         nrow=len(images))

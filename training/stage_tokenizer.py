@@ -7,8 +7,12 @@ Loss per step (Loss section):
 where hinge(D) = relu(1 - D(x)) + relu(1 + D(sg(x_hat))) trains the patch discriminator
 (models/discriminator.py) and the generator term is computed with the discriminator's weights
 detached, so each term reaches only its own network. The discriminator has its own learning rate
-(Loss.disc_lr) on the same schedule. From scratch, the codebook starts at encoder outputs of
-training images (init_codebook_from_data). A perceptual (LPIPS) term is not available: the project has
+(Loss.disc_lr) and betas (Loss.disc_betas) on the same schedule, and each network's gradient is
+clipped on its own. From scratch, the codebook starts at encoder outputs of training images
+(init_codebook_from_data), or at their k-means centres (Loss.kmeans_iters > 0); codes chosen less
+than Loss.restart_min_share times the uniform share in Loss.restart_interval steps restart at
+encoder outputs of the current batch
+(training/codebook.py). The log reports codes used and the perplexity of the batch's codes. A perceptual (LPIPS) term is not available: the project has
 no LPIPS network, so it is reported off once.
 
 Init.checkpoint: our `tokenizer.pt`, or MaskGIT's published tokenizer (see models/checkpoints.py).
@@ -33,6 +37,7 @@ from datasets.image_folder import load_image_folder
 from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
 from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
 from models.vqgan import VQGAN, VQGANConfig
+from training.codebook import CodebookMonitor, kmeans_codebook, usage_stats
 from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.optim import param_groups
@@ -122,18 +127,30 @@ def check_image_size(data: DataConfig, vqgan: VQGANConfig, where: str) -> None:
 
 
 class TokenizerTrainModule(TrainModule):
-    """VQGAN + patch discriminator trained together (one backward per step)."""
+    """VQGAN (generator) + patch discriminator, one backward per step. Each network has its own
+    Adam groups (Loss.disc_lr, Loss.disc_betas), its own gradient clipping and its own objective
+    (the generator term sees the discriminator's weights detached, the hinge term sees the
+    reconstruction detached), i.e. two optimisers stepping together."""
 
     def __init__(self, vqgan: VQGAN, disc: PatchDiscriminator, cfg: TokenizerConfig):
         super().__init__()
         self.vqgan = vqgan
         self.disc = disc
         self.loss_cfg = cfg.loss
+        self.monitor = CodebookMonitor(cfg.model.num_codebook)
 
     def optimizer_groups(self, train: TrainConfig) -> list[dict]:
         groups = param_groups(self.vqgan.named_parameters(), self.vqgan, train.weight_decay)
         return groups + param_groups(self.disc.named_parameters(), self.disc, train.weight_decay,
-                                     lr=self.loss_cfg.disc_lr)
+                                     lr=self.loss_cfg.disc_lr, betas=self.loss_cfg.disc_betas)
+
+    def clip_groups(self) -> list[list[torch.nn.Parameter]]:
+        return [list(self.vqgan.parameters()), list(self.disc.parameters())]
+
+    def after_step(self, step: int) -> None:
+        interval = self.loss_cfg.restart_interval
+        if interval and step % interval == 0:
+            self.monitor.restart_dead(self.vqgan, self.loss_cfg.restart_min_share)
 
     def forward(self, batch: dict[str, torch.Tensor], step: int):
         c = self.loss_cfg
@@ -141,17 +158,22 @@ class TokenizerTrainModule(TrainModule):
         recon, codebook, commitment, indices = self.vqgan(image)
         recon = recon.float()
         rec = c.rec_l1_weight * (recon - image).abs().mean() + c.rec_l2_weight * ((recon - image) ** 2).mean()
-        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
-        g_adv = -functional_call(self.disc, frozen, (recon,)).float().mean()
-        d_hinge = (F.relu(1.0 - self.disc(image).float()).mean()
-                   + F.relu(1.0 + self.disc(recon.detach()).float()).mean())
-        gan_on = float(step >= c.disc_start)
+        if step >= c.disc_start:
+            frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+            g_adv = -functional_call(self.disc, frozen, (recon,)).float().mean()
+            d_hinge = (F.relu(1.0 - self.disc(image).float()).mean()
+                       + F.relu(1.0 + self.disc(recon.detach()).float()).mean())
+        else:  # before disc_start the discriminator is not run; zero terms keep its grads defined (DDP)
+            g_adv = torch.zeros((), device=image.device)
+            d_hinge = sum(p.sum() for p in self.disc.parameters()) * 0.0
         loss = (rec + c.codebook_weight * codebook + c.commitment_beta * commitment
-                + gan_on * (c.gan_weight * g_adv + d_hinge))
-        used = torch.unique(indices).numel()
+                + c.gan_weight * g_adv + d_hinge)
+        self.monitor.observe(indices, image)
+        used, perplexity = usage_stats(torch.bincount(indices.flatten(), minlength=self.vqgan.config.num_codebook))
         return loss, {"loss": loss.detach(), "rec": rec.detach(), "codebook": codebook.detach(),
                       "commitment": commitment.detach(), "g_adv": g_adv.detach(), "d_hinge": d_hinge.detach(),
-                      "codes_used": torch.tensor(float(used))}
+                      "codes_used": torch.tensor(float(used)), "perplexity": torch.tensor(perplexity),
+                      "codes_restarted": torch.tensor(float(self.monitor.restarted))}
 
 
 # ---------------------------------------------------------------------------
@@ -196,6 +218,8 @@ class TokenizerStage(Stage):
         self.train_set = ImageSet(resize_images(train_images, cfg.data.image_size), cfg.data.flip)
         if cfg.init.checkpoint:
             log(load_tokenizer_weights(vqgan, cfg.init.checkpoint))
+        elif cfg.loss.kmeans_iters:
+            kmeans_codebook(vqgan, self.train_set.images, cfg.loss.kmeans_iters)
         else:
             init_codebook_from_data(vqgan, self.train_set.images)
         if cfg.loss.perceptual_weight > 0:

@@ -53,7 +53,9 @@ class DataConfig:
     roi_patch: Optional[list[int]] = None        # voxels per ROI group; None = take from the data
     num_voxel: Optional[int] = None              # None = take from the data
     fmri_drop_rate: float = 0.0                  # fraction of input voxels zeroed while training
-    include_test_repeats: bool = False           # also evaluate on non-averaged test trials
+    include_test_repeats: bool = False           # also score the single (non-averaged) test trials
+    test_normalisation: Literal["train", "release"] = "train"  # GOD: 'release' keeps the release's quirk
+    stats_from: Literal["train", "all"] = "train"  # BOLD5000: normalisation statistics from train or all trials
     image_folder: Optional[str] = None           # tokenizer / maskgit: train on this folder's images instead
 
 
@@ -125,6 +127,15 @@ class TokenizerLossConfig:
     disc_channels: int = 64
     disc_layers: int = 2
     disc_lr: float = 1e-5
+    disc_betas: Optional[tuple[float, float]] = None  # discriminator's Adam betas; None = Train.betas
+    # Codebook use (0 = off, the release's recipe). From scratch, kmeans_iters > 0 places the codebook
+    # at k-means centres of encoder outputs of training images (else at random encoder outputs);
+    # every restart_interval steps, codes chosen less often than restart_min_share times the uniform
+    # share (1 / num_codebook of the positions) since the last restart move to encoder outputs of the
+    # current batch.
+    kmeans_iters: int = 0
+    restart_interval: int = 0
+    restart_min_share: float = 0.25
 
 
 @dataclass
@@ -137,6 +148,15 @@ class MaskGITLossConfig:
     label_smoothing: float = 0.1
     min_mask_rate: float = 0.5
     schedule: str = "cosine"
+    # Condition augmentation (off = the release's training). With probability condition_drop an
+    # image's condition is replaced by the null (all-zero) condition, which classifier-free guidance
+    # (Sampling.guidance_scale) needs; condition_noise adds Gaussian noise of that many times the
+    # per-dimension feature std, and condition_shrink scales the condition by a random factor in
+    # [1 - condition_shrink, 1], so that features predicted from fMRI (noisy, shrunk by ridge)
+    # resemble what MaskGIT saw in training.
+    condition_drop: float = 0.0
+    condition_noise: float = 0.0
+    condition_shrink: float = 0.0
 
 
 @dataclass
@@ -157,6 +177,9 @@ class SamplingConfig:
     schedule: str = "cosine"
     choice_temperature: float = 4.5
     num_samples: int = 5
+    # Classifier-free guidance: logits = cond + guidance_scale * (cond - null), with the null
+    # (all-zero) condition; 0 = the release's unguided sampling, exactly.
+    guidance_scale: float = 0.0
 
 
 @dataclass
@@ -166,8 +189,24 @@ class AlignConfig:
     decode_intercept: bool = False
     encode_intercept: bool = True
     restandardize: bool = True         # paper default: uses test-set statistics
+    restandardize_std: Literal["population", "unbiased"] = "unbiased"  # the release uses torch.std (ddof 1)
     alphas: Optional[list[float]] = None  # alpha grid for cross-validation; None = fixed alphas
     cv_folds: int = 5
+
+
+@dataclass
+class EvalConfig:
+    """What every inference run scores besides LEA itself (see docs/evaluation.md)."""
+
+    bootstrap: int = 1000              # resamples of the test images for the 95% intervals
+    ci_level: float = 0.95
+    seed: int = 0                      # seed of the bootstrap and of the baselines' CV folds
+    both_modes: bool = True            # also score the other re-standardisation mode
+    baselines: bool = True             # ridge encoding / decoding and retrieval baselines
+    baseline_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5])
+    baseline_cv_folds: int = 5
+    fid_weights: Optional[str] = None  # FID Inception file (pytorch-fid / torch-fidelity)
+    lpips_weights: Optional[str] = None  # 'ALEXNET_FILE,LINEAR_FILE' for LPIPS AlexNet
 
 
 @dataclass
@@ -249,6 +288,7 @@ class LEAConfig(_Header):
     sampling: SamplingConfig = _section("Sampling", default_factory=SamplingConfig)
     align: AlignConfig = _section("Align", default_factory=AlignConfig)
     checkpoints: CheckpointPaths = _section("Checkpoints", default_factory=CheckpointPaths)
+    eval: EvalConfig = _section("Eval", default_factory=EvalConfig)
     precision: Literal["auto", "fp32", "bf16"] = _section("PRECISION", default="auto")
     batch_size: int = _section("BATCH_SIZE", default=16)
     out_dir: str = _section("OUT_DIR", default="results")
@@ -503,6 +543,21 @@ def _check(cfg: Any, source: str) -> None:
             raise ConfigError(f"{source}: Data.fmri_drop_rate expected in [0, 1), found {data.fmri_drop_rate}")
         if data.image_size <= 0:
             raise ConfigError(f"{source}: Data.image_size expected > 0, found {data.image_size}")
+        if data.dataset == "GOD" and data.stats_from != "train":
+            raise ConfigError(f"{source}: Data.stats_from expected 'train' for GOD (the BOLD5000 option; GOD's "
+                              f"release quirk is Data.test_normalisation=release), found {data.stats_from!r}")
+        if data.dataset == "BOLD5000" and data.test_normalisation != "train":
+            raise ConfigError(f"{source}: Data.test_normalisation expected 'train' for BOLD5000 (the GOD option; "
+                              "BOLD5000's release quirk is Data.stats_from=all), "
+                              f"found {data.test_normalisation!r}")
+    evaluation = getattr(cfg, "eval", None)
+    if evaluation is not None:
+        if evaluation.bootstrap < 1 or not 0.0 < evaluation.ci_level < 1.0 or evaluation.baseline_cv_folds < 2:
+            raise ConfigError(f"{source}: Eval expected bootstrap >= 1, 0 < ci_level < 1 and baseline_cv_folds >= 2, "
+                              f"found {evaluation.bootstrap}, {evaluation.ci_level}, {evaluation.baseline_cv_folds}")
+        if not evaluation.baseline_alphas or min(evaluation.baseline_alphas) <= 0:
+            raise ConfigError(f"{source}: Eval.baseline_alphas expected a non-empty list of numbers > 0, "
+                              f"found {evaluation.baseline_alphas}")
         if data.image_folder and cfg.kind not in IMAGE_FOLDER_KINDS:
             raise ConfigError(f"{source}: Data.image_folder trains only {' / '.join(IMAGE_FOLDER_KINDS)} "
                               f"(images without fMRI); KIND '{cfg.kind}' needs the dataset's recordings")
@@ -516,6 +571,19 @@ def _check(cfg: Any, source: str) -> None:
     loss = getattr(cfg, "loss", None)
     if isinstance(loss, FMRILossConfig) and not 0.0 <= loss.mask_ratio < 1.0:
         raise ConfigError(f"{source}: Loss.mask_ratio expected in [0, 1), found {loss.mask_ratio}")
+    if isinstance(loss, MaskGITLossConfig):
+        for name in ("condition_drop", "condition_shrink"):
+            if not 0.0 <= getattr(loss, name) < 1.0:
+                raise ConfigError(f"{source}: Loss.{name} expected in [0, 1), found {getattr(loss, name)}")
+        if loss.condition_noise < 0:
+            raise ConfigError(f"{source}: Loss.condition_noise expected >= 0, found {loss.condition_noise}")
+    if isinstance(loss, TokenizerLossConfig):
+        for name in ("kmeans_iters", "restart_interval", "restart_min_share"):
+            if getattr(loss, name) < 0:
+                raise ConfigError(f"{source}: Loss.{name} expected >= 0, found {getattr(loss, name)}")
+    sampling = getattr(cfg, "sampling", None)
+    if sampling is not None and sampling.guidance_scale < 0:
+        raise ConfigError(f"{source}: Sampling.guidance_scale expected >= 0, found {sampling.guidance_scale}")
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

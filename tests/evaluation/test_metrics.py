@@ -36,17 +36,21 @@ def test_metric_needs_value_or_reason():
 
 
 def test_summarize_csv_and_write_never_overwrites(tmp_path):
-    metrics = [M.Metric("a", np.float32(0.25), 0.5, details={"k": 1}), M.skipped("b", "no weights", 0.02)]
+    metrics = [M.Metric("a", np.float32(0.25), 0.5, details={"k": 1, "ci95": [0.1, 0.4], "p_value": 0.01}),
+               M.skipped("b", "no weights", 0.02)]
     summary = M.summarize(metrics)
     assert summary["a"]["value"] == 0.25 and summary["b"]["skipped"] == "no weights"
-    assert M.to_csv_rows(metrics) == [{"name": "a", "value": 0.25, "chance": 0.5, "skipped": None},
-                                      {"name": "b", "value": None, "chance": 0.02, "skipped": "no weights"}]
+    empty = {"ci_low": None, "ci_high": None, "p_value": None, "sd_over_samples": None}
+    assert M.to_csv_rows(metrics) == [{"name": "a", "value": 0.25, "chance": 0.5, "skipped": None,
+                                       **empty, "ci_low": 0.1, "ci_high": 0.4, "p_value": 0.01},
+                                      {"name": "b", "value": None, "chance": 0.02, "skipped": "no weights", **empty}]
     with pytest.raises(ConfigError, match="'a' twice"):
         M.summarize(metrics + [M.Metric("a", 1.0, None)])
     json_path, csv_path = M.write_metrics(tmp_path, metrics)
-    assert json.loads(json_path.read_text())["a"]["details"] == {"k": 1}
+    assert json.loads(json_path.read_text())["a"]["details"]["k"] == 1
     rows = list(csv.DictReader(csv_path.open()))
-    assert rows[0] == {"name": "a", "value": "0.25", "chance": "0.5", "skipped": ""}
+    assert rows[0] == {"name": "a", "value": "0.25", "chance": "0.5", "skipped": "", "ci_low": "0.1",
+                       "ci_high": "0.4", "p_value": "0.01", "sd_over_samples": ""}
     assert rows[1]["skipped"] == "no weights" and rows[1]["value"] == ""
     with pytest.raises(FileExistsError):
         M.write_metrics(tmp_path, metrics)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import inference.api
+import inference.run_lea
 import train
 from datasets.simulate import GOD_DIR
 from inference.run_lea import main as lea_main
@@ -31,18 +31,27 @@ STEADY = ["Train.schedule=constant", "Train.warmup_steps=0", "Train.batch_size=4
           "Train.log_interval=1", "Train.sample_interval=0"]   # lr independent of max_steps
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_lea_script(tmp_path, sim_root, capsys, monkeypatch):
     config = make_setup(tmp_path, sim_root, "GOD")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference.api, "load_subject", interrupted)   # Ctrl-C once the results folder exists
-    assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"], dataset="GOD") == EXIT_INTERRUPTED
+    with monkeypatch.context() as patch:
+        patch.setattr(inference.run_lea, "save_png", interrupted)   # Ctrl-C after the heads were fitted and saved
+        assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress"],
+                        dataset="GOD") == EXIT_INTERRUPTED
     (run,) = (tmp_path / "results").iterdir()
     err = capsys.readouterr().err
-    assert_clear(err, "LEA_GOD.py: interrupted (Ctrl-C)", f"partial results: {run}", "run the command again")
+    reuse = f"--align {run}/{{subject}}/align.pt"
+    assert_clear(err, "LEA_GOD.py: interrupted (Ctrl-C)", f"partial results: {run}", "run the command again", reuse)
     assert_clear((run / INCOMPLETE_NOTE).read_text(), "NOT a finished result", "interrupted (Ctrl-C)")
+    # going on as the note says: a new folder, the fitted heads reused, the interrupted folder left as it was
+    assert lea_main(["--config", str(config), "--device", "cpu", "--no-progress", *reuse.split()], dataset="GOD") == 0
+    (second,) = set((tmp_path / "results").iterdir()) - {run}
+    assert not (second / INCOMPLETE_NOTE).exists() and (run / INCOMPLETE_NOTE).exists()
+    assert not (second / "sbj_1" / "align.pt").exists()     # loaded from the first folder, not fitted again
 
 
 def fmri_args(sim_root: Path, tmp: Path, *extra: str) -> list[str]:
@@ -53,10 +62,17 @@ def fmri_args(sim_root: Path, tmp: Path, *extra: str) -> list[str]:
     return args
 
 
+def default_ctrl_c() -> None:
+    """In the child: Ctrl-C as in a terminal. A test run started in the background (`make test &`)
+    ignores SIGINT, and a child inherits that, so Python would install no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_checkpoint(args: list[str], runs: Path) -> tuple[subprocess.Popen, Path]:
     """Start train.py in the background; return it and its run folder once its first last.pt exists."""
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         found = list(runs.glob(f"*/{LAST_CHECKPOINT}")) if runs.is_dir() else []

@@ -45,16 +45,15 @@ def test_encode_gives_voxels_in_the_subjects_layout(lea):
     assert fmri.shape == (4, lea.data.num_voxels) and fmri.dtype == np.float32 and np.isfinite(fmri).all()
 
 
-def test_evaluate_scores_the_test_set_as_the_scripts_do(lea):
-    metrics = lea.evaluate()
+def test_evaluate_scores_the_test_set_as_the_scripts_do(lea, tmp_path):
+    metrics = lea.evaluate(charts_to=tmp_path / "charts")
     decoding = {m.name: m for m in metrics["decoding"]}
     encoding = {m.name: m for m in metrics["encoding"]}
     assert 0.0 <= decoding["pairwise_ssim"].value <= 1.0 and decoding["pairwise_ssim"].chance == 0.5
-    assert decoding["classifier_50way_top1"].value is None and "ViT-H/14" in decoding["classifier_50way_top1"].skipped
+    semantic = [m for m in metrics["decoding"] if m.name.startswith("classifier_")]
+    assert semantic and all(m.value is None and "ViT-H/14" in m.skipped for m in semantic)
     assert encoding["encoding_pearson_mean"].chance == 0.0
-    assert encoding["fraction_of_noise_ceiling"].value is not None   # simulated data: ceiling known
-    with pytest.raises(ConfigError, match="rows"):
-        lea.evaluate(predicted_fmri=np.zeros((2, lea.data.num_voxels), np.float32))
+    assert any(p.suffix == ".png" for p in (tmp_path / "charts").iterdir())
 
 
 def test_from_run_reopens_a_results_folder_with_its_heads(lea, tmp_path):
@@ -80,7 +79,7 @@ def test_networks_load_from_hub_style_folders(lea, setup, tmp_path):
     fmri = lea.data.test_fmri[:2]
     assert np.array_equal(from_folders.decode(fmri, steps=2), lea.decode(fmri, steps=2))
     reloaded = AlignmentHeads.from_pretrained(lea.heads.save_pretrained(tmp_path / "heads"))
-    assert reloaded.describe() == lea.heads.describe()
+    assert reloaded.describe() == AlignmentHeads.load(lea.heads.save(tmp_path / "heads.pt")).describe()
 
 
 def test_clear_errors_for_missing_weights_and_ambiguous_subjects(setup, tmp_path):

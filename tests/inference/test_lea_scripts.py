@@ -63,7 +63,7 @@ class _Links(HTMLParser):
 def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     data = load_subject(dataset, _data_root(run), subject)
     folder = run / subject
-    for name in ("sample_image.png", "sample_fmri.png", "metrics.json", "metrics.csv", "index.html",
+    for name in ("sample_image.png", "sample_fmri.png", "diagnostics.png", "metrics.json", "metrics.csv", "index.html",
                  "decoded_images.npy", "predicted_fmri.npy", "align.pt"):
         assert (folder / name).is_file(), name
     assert (run / "config.yaml").is_file() and (run / "index.html").is_file()
@@ -91,11 +91,43 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     assert enc[f"fmri_top1_of_{t}_pcc"]["chance"] == pytest.approx(1 / t)
     for roi in data.roi_names:
         assert f"encoding_pearson_{roi}" in enc
-    assert enc["fraction_of_noise_ceiling"]["value"] is not None   # simulated data: ceiling known
-    assert enc["noise_ceiling_mean_r"]["value"] > 0
+    assert enc["simulator_fraction_of_noise_ceiling"]["value"] is not None   # simulated data: ceiling known
+    assert enc["simulator_noise_ceiling_mean_r"]["value"] > 0
+    # ceiling from the single test trials, per ROI, with intervals; both modes; baselines
+    assert 0 < enc["noise_ceiling_r"]["value"] <= 1 and enc["fraction_of_ceiling"]["value"] is not None
+    for roi in data.roi_names:
+        assert f"noise_ceiling_r_{roi}" in enc and f"fraction_of_ceiling_{roi}" in enc
+    low, high = enc["encoding_pearson_mean"]["details"]["ci95"]
+    assert low <= enc["encoding_pearson_mean"]["value"] <= high
+    assert 0 <= dec["pairwise_mse"]["details"]["p_value"] <= 1 and "ci95" in dec["pairwise_mse"]["details"]
+    assert set(metrics) >= {"decoding_leakage_free", "encoding_leakage_free", "baselines"}
+    assert metrics["settings"]["headline_mode"].startswith("transductive")
+    base = metrics["baselines"]
+    for name in ("ridge_encoding_pearson_mean", "ridge_fraction_of_ceiling", "ridge_decoding_handcrafted_pairwise_pcc",
+                 "retrieval_handcrafted_pairwise_pcc", "retrieval_pairwise_ssim"):
+        assert base[name]["value"] is not None, name
+    assert dec["pairwise_snr"]["chance"] == 0.5 and dec["stack_ssim"]["value"] is not None
+    assert dec["fid_per_sample"]["skipped"] and dec["pairwise_lpips"]["skipped"]
+    for name in ("encoding_roi.png", "identification_curve.png"):
+        assert (folder / name).is_file(), name
+
+    # simulated data: the semantic attribute accuracy leads, with its chance level and its ceiling
+    assert list(dec)[0] == "sim_attribute_accuracy" and re.fullmatch(r"sim_category_\d+way_top1", list(dec)[1])
+    assert dec["sim_attribute_accuracy"]["chance"] == pytest.approx(np.mean([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4]))
+    assert 0.0 <= dec["sim_attribute_accuracy"]["details"]["ceiling"] <= 1.0
+    diag = metrics["diagnostics"]
+    for stage in ("tokenizer_round_trip", "decoded_from_true_features", "retrieval_baseline", "lea_decoded"):
+        assert 0.0 <= diag[f"{stage}/handcrafted_pairwise_pcc"]["value"] <= 1.0, stage
+        assert diag[f"{stage}/sim_attribute_accuracy"]["value"] is not None, stage
+    assert diag["stimuli/sim_attribute_accuracy"]["value"] == dec["sim_attribute_accuracy"]["details"]["ceiling"]
+    assert diag["lea_decoded/sample_diversity"]["value"] > 0          # two samples per trial
+    assert diag["retrieval_baseline/sample_diversity"]["skipped"]     # one image per trial
 
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
-    assert {r["name"] for r in rows} == set(dec) | set(enc)
+    sections = [s for s in ("decoding", "encoding", "decoding_leakage_free", "encoding_leakage_free", "baselines",
+                            "diagnostics")]
+    assert {(r["section"], r["name"]) for r in rows} == {(s, n) for s in sections for n in metrics[s]}
+    assert "decoding stage by stage" in (folder / "index.html").read_text()
     for page in (folder / "index.html", run / "index.html"):
         parser = _Links()
         parser.feed(page.read_text())
@@ -131,13 +163,20 @@ def test_script_end_to_end(dataset, sim_root, tmp_path):
     # a second run with the saved heads writes a new folder and leaves the first one alone
     first = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert main(["--config", str(config), "--align", str(run / subject / "align.pt"),
-                 "--set", "Align.restandardize=false", "--no-progress"],
+                 "--set", "Align.restandardize=false", "--set", "Data.include_test_repeats=true",
+                 "--set", "Eval.both_modes=false", "--set", "Eval.bootstrap=50", "--no-progress"],
                 dataset=dataset) == 0
     runs = run_dirs(tmp_path)
     assert len(runs) == 2 and runs[0] == run
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == first
     second = json.loads((runs[1] / subject / "metrics.json").read_text())
     assert second["settings"]["restandardize"] is False
+    assert second["settings"]["headline_mode"].startswith("leakage_free") and "encoding_transductive" not in second
+    single = second["single_trials"]                       # Data.include_test_repeats: every single trial scored
+    assert 0.0 <= single["single_trial_predicted_handcrafted_pairwise_pcc"]["value"] <= 1.0
+    # the tiny random networks can predict the same fMRI for every image without re-standardisation
+    defined = second["encoding"]["encoding_pearson_mean"]["value"] is not None
+    assert (single["single_trial_encoding_pearson_mean"]["value"] is not None) == defined
     assert second["checkpoints"]["align"]["path"] == str(run / subject / "align.pt")
     assert not (runs[1] / subject / "align.pt").exists()
 

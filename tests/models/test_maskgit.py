@@ -156,3 +156,26 @@ def test_release_config_names():
     release["Model"]["patch_size"] = 15
     with pytest.raises(ConfigError, match="patch_size"):
         MaskGITConfig.from_release_config(release)
+
+
+def test_guidance_scale_zero_is_the_unguided_path(model):
+    cond = torch.randn(3, COND_DIM)
+    plain = model.generate(cond, num_samples=2, steps=4, generator=torch.Generator().manual_seed(5))
+    zero = model.generate(cond, num_samples=2, steps=4, generator=torch.Generator().manual_seed(5),
+                          guidance_scale=0.0)
+    assert torch.equal(plain, zero)
+    ids = torch.randint(0, NUM_CODEBOOK, (3, N))
+    assert torch.equal(model.guided_logits(ids, cond, 0.0), model(ids, cond))
+
+
+def test_guided_logits_contrast_with_the_null_condition(model):
+    cond = torch.randn(3, COND_DIM)
+    ids = torch.full((3, N), model.mask_token_id)
+    with_cond, null = model(ids, cond), model(ids, torch.zeros_like(cond))
+    torch.testing.assert_close(model.guided_logits(ids, cond, 2.0), with_cond + 2.0 * (with_cond - null),
+                               atol=1e-5, rtol=1e-5)
+    guided = model.generate(cond, num_samples=2, steps=4, generator=torch.Generator().manual_seed(5),
+                            guidance_scale=3.0)
+    assert guided.shape == (3, 2, N) and int(guided.max()) < NUM_CODEBOOK
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        model.generate(cond, guidance_scale=-1.0)

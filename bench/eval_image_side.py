@@ -1,0 +1,149 @@
+"""How well the image side (tokenizer + MaskGIT) alone reproduces the test stimuli.
+
+No fMRI is involved: the test images' own (true) features condition MaskGIT, so the numbers say
+what the image side can do at best. Printed and written as JSON:
+
+With `--split train` the same is measured on training images (for choosing settings such as the
+guidance scale without the test set).
+
+- tokenizer: codes in use over the training and test images (out of the codebook), perplexity of
+  the code distribution, and the round trip (encode -> decode) of the test images identified in
+  the feature space (pair-wise, n-way top-1) and by pixel PCC;
+- decoded from true features: the same identification for `--num-samples` MaskGIT samples per
+  test image (each sample scored on its own), at `--guidance` (classifier-free guidance scale);
+- diversity: mean RMS pixel difference (0-1 scale) between two samples of the same image, next to
+  that between samples of different images, and the mean feature correlation of two samples of
+  one image.
+
+    python bench/eval_image_side.py --tokenizer demo_weights/tokenizer.pt \
+        --maskgit demo_weights/maskgit.pt [--guidance 2] [--out eval.json --png eval.png]
+
+Features and data come from `--config` (default: the demo's LEA config, simulated GOD).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402,F401  (registers the Model schemas)
+from datasets import load_subject  # noqa: E402
+from evaluation import metrics as M  # noqa: E402
+from evaluation.figures import sample_grid  # noqa: E402
+from models.image_features import build_image_features_from_config, features_of  # noqa: E402
+from models.lea import load_trained_network, to_uint8  # noqa: E402
+from training.codebook import usage_stats  # noqa: E402
+from training.stage_tokenizer import resize_images  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+DEFAULT_CONFIG = "configs/demo/LEA_GOD.yaml"
+TOKENIZE_BATCH = 64
+
+
+def identification(gt_feats: torch.Tensor, feats: torch.Tensor, gt_u8: np.ndarray, images_u8: np.ndarray) -> dict:
+    """gt_feats [T, D], feats [T, S, D], images [T, S, H, W, 3] -> identification scores."""
+    n = min(M.DEFAULT_N_WAY, len(gt_feats))
+    return {"feature_pairwise": M.feature_identification(gt_feats, feats).value,
+            f"feature_{n}way_top1": M.feature_n_way_top1(gt_feats, feats, n).value,
+            "pixel_pcc_pairwise": M.pairwise_identification(gt_u8, images_u8, "pcc").value}
+
+
+def rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean())
+
+
+def diversity(images: np.ndarray, feats: torch.Tensor) -> dict:
+    """images [T, S, H, W, 3], feats [T, S, D]."""
+    T, S = images.shape[:2]
+    if S < 2:
+        return {"skipped": "needs at least 2 samples per image"}
+    within = [rms(images[t, i], images[t, j]) for t in range(T) for i, j in itertools.combinations(range(S), 2)]
+    between = [rms(images[t, 0], images[u, 0]) for t, u in itertools.combinations(range(T), 2)]
+    f = torch.nn.functional.normalize(feats - feats.mean((0, 1)), dim=-1)  # [T, S, D]
+    corr = [float((f[t, i] * f[t, j]).sum()) for t in range(T) for i, j in itertools.combinations(range(S), 2)]
+    return {"rms_within_image": float(np.mean(within)), "rms_between_images": float(np.mean(between)),
+            "feature_corr_within_image": float(np.mean(corr))}
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--maskgit", help="omit to evaluate the tokenizer only")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--subject", default=None, help="default: the config's first subject")
+    p.add_argument("--num-samples", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="default: the config's Sampling.steps")
+    p.add_argument("--temperature", type=float, default=None, help="default: Sampling.choice_temperature")
+    p.add_argument("--guidance", type=float, default=None, help="default: Sampling.guidance_scale")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="score the test stimuli, or --count evenly spaced training images (to choose settings "
+                        "without looking at the test set)")
+    p.add_argument("--count", type=int, default=25, help="training images scored with --split train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], help="config override Section.key=value")
+    p.add_argument("--out", help="write the numbers as JSON here")
+    p.add_argument("--png", help="write ground truth | round trip | samples rows here")
+    args = p.parse_args(argv)
+
+    cfg = load_config(args.config, args.set)
+    subject = args.subject or cfg.data.subjects[0]
+    data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch)
+    extractor = build_image_features_from_config(cfg.features)
+    tokenizer = load_trained_network("tokenizer", args.tokenizer)
+    size = tokenizer.config.resolution
+    if args.split == "test":
+        chosen = data.test_images
+    else:
+        chosen = data.train_images[np.linspace(0, len(data.train_images) - 1, args.count).round().astype(int)]
+    test = resize_images(chosen, size)  # [T, 3, S, S]
+    test_u8 = to_uint8(test)  # [T, S, S, 3]
+    gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
+    conditions = features_of(extractor, chosen)  # [T, D] of the original images, as MaskGIT trained on them
+
+    indices = torch.cat([tokenizer.encode(x[i:i + TOKENIZE_BATCH])[1].flatten()
+                         for x in (resize_images(data.train_images, size), test)
+                         for i in range(0, len(x), TOKENIZE_BATCH)])
+    used, perplexity = usage_stats(torch.bincount(indices, minlength=tokenizer.config.num_codebook))
+    rt = to_uint8(tokenizer(test)[0])  # [T, S, S, 3]
+    rt_feats = features_of(extractor, rt)
+    result = {"tokenizer": args.tokenizer, "subject": subject, "split": args.split, "images": len(test), "features": extractor.describe(),
+              "codes_in_use": used, "codebook_size": tokenizer.config.num_codebook,
+              "codes_in_use_fraction": used / tokenizer.config.num_codebook, "code_perplexity": perplexity,
+              "round_trip": identification(gt_feats, rt_feats[:, None], test_u8, rt[:, None])}
+    columns = [rt[:, None]]
+    if args.maskgit:
+        maskgit = load_trained_network("maskgit", args.maskgit)
+        s = cfg.sampling
+        steps = args.steps or s.steps
+        temperature = s.choice_temperature if args.temperature is None else args.temperature
+        guidance = s.guidance_scale if args.guidance is None else args.guidance
+        generator = torch.Generator().manual_seed(args.seed)
+        tokens = maskgit.generate(conditions, num_samples=args.num_samples, steps=steps, schedule=s.schedule,
+                                  choice_temperature=temperature, generator=generator,
+                                  guidance_scale=guidance)  # [T, S, N]
+        images = to_uint8(tokenizer.decode_indices(tokens.flatten(0, 1)))  # [T*S, H, W, 3]
+        images = images.reshape(len(test_u8), args.num_samples, *images.shape[1:])  # [T, S, H, W, 3]
+        feats = features_of(extractor, images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)
+        result.update({"maskgit": args.maskgit, "steps": steps, "choice_temperature": temperature,
+                       "guidance_scale": guidance, "num_samples": args.num_samples,
+                       "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),
+                       "diversity": diversity(images, feats)})
+        columns.append(images)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.png:
+        sample_grid(test_u8, np.concatenate(columns, axis=1)).save(args.png)
+    return result
+
+
+if __name__ == "__main__":
+    main()
