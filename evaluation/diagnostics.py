@@ -3,13 +3,13 @@
 Beside LEA's decoding (fMRI -> predicted features -> MaskGIT -> tokenizer), every
 results folder scores the same test stimuli through shorter chains:
 
-| stage                        | images                                                        | tells                              |
-|------------------------------|---------------------------------------------------------------|------------------------------------|
-| `stimuli`                    | the test stimuli themselves                                   | the classifier's ceiling           |
-| `tokenizer_round_trip`       | stimulus -> tokenizer encode -> decode                        | what the tokenizer keeps           |
-| `decoded_from_true_features` | MaskGIT conditioned on the stimulus's *true* image features   | what the image side can do         |
-| `retrieval_baseline`         | the training image nearest to the *predicted* features        | what the alignment alone carries   |
-| `lea_decoded`                | LEA's decoding from fMRI (the run's result)                   |                                    |
+- `stimuli`: the test stimuli themselves -> the semantic classifier's ceiling;
+- `tokenizer_round_trip`: stimulus -> tokenizer encode -> decode -> what the tokenizer keeps;
+- `decoded_from_true_features`: MaskGIT conditioned on the stimulus's *true* image features
+  -> what the image side can do;
+- `retrieval_baseline`: the training image nearest to the *predicted* features -> what the
+  alignment alone carries;
+- `lea_decoded`: LEA's decoding from fMRI (the run's result).
 
 Each stage gets pair-wise and n-way identification in the image-feature space,
 pair-wise pixel-PCC identification, the simulated-data semantic accuracy
@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from evaluation import metrics as M
 from evaluation.figures import column_grid
@@ -61,7 +62,8 @@ class Diagnostics:
     metrics: list[M.Metric]
     table_columns: list[str]
     table_rows: dict[str, dict[str, M.Metric]]
-    figure: object = None                      # PIL image
+    backend: str                               # feature backend (prefix of the feature metric names)
+    figure: Image.Image | None = None
     stage_images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def table(self) -> dict:
@@ -74,8 +76,7 @@ class Diagnostics:
                 for stage, row in self.table_rows.items()]
         rows.append(["chance", *(_fmt(chance[c]) for c in self.table_columns)])
         return {"title": "where information is lost: decoding stage by stage",
-                "columns": ["stage", *(short(c) for c in self.table_columns)], "rows": rows}
-
+                "columns": ["stage", *(short(c, self.backend) for c in self.table_columns)], "rows": rows}
 
 
 def _fmt(value: float | None) -> str:
@@ -88,9 +89,11 @@ def _cell(metric: M.Metric | None) -> str:
     return "skipped" if metric.value is None else _fmt(metric.value)
 
 
-def short(name: str) -> str:
-    """A table column name without the feature backend prefix."""
-    return name.split("_", 1)[1] if name.startswith(("handcrafted_", "open_clip_")) else name
+def short(name: str, backend: str) -> str:
+    """A table column name: the feature backend prefix becomes 'feature_', pixel scores get 'pixel_'."""
+    if name.startswith(f"{backend}_"):
+        return "feature_" + name[len(backend) + 1:]
+    return "pixel_" + name if name.startswith("pairwise_") else name
 
 
 def sample_diversity(features: torch.Tensor, gt_features: torch.Tensor) -> M.Metric:
@@ -167,8 +170,8 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
         columns += [m.name for m in scored if m.name not in columns]
         for m in scored:
             metrics.append(M.Metric(f"{stage}/{m.name}", m.value, m.chance, m.skipped, m.details))
-    figure = column_grid([(f"{FIGURE_CAPTIONS[stage]}" + (f" s{k + 1}" if images.shape[1] > 1 else ""), images[:, k])
+    figure = column_grid([(f"{FIGURE_CAPTIONS[stage]}" + (f" {k + 1}" if images.shape[1] > 1 else ""), images[:, k])
                           for stage, images in stage_images.items()
                           for k in range(min(images.shape[1], FIGURE_SAMPLES))], max_rows=FIGURE_MAX_ROWS)
-    return Diagnostics(metrics=metrics, table_columns=columns, table_rows=rows, figure=figure,
+    return Diagnostics(metrics=metrics, table_columns=columns, table_rows=rows, backend=backend, figure=figure,
                        stage_images=stage_images)

@@ -48,6 +48,7 @@ FLOAT_RANGE_TOL = 1e-6
 CSV_FIELDS = ("name", "value", "chance", "skipped", "ci_low", "ci_high", "p_value", "sd_over_samples")
 CI_KEY = "ci95"  # details key: [low, high] bootstrap interval
 NO_INTERVAL = "ci_skipped"  # details key: why a metric has no bootstrap interval
+STIMULI_CEILING = "stimuli_ceiling"  # details key: the metric's value on the true test stimuli (its ceiling)
 
 ArrayLike = np.ndarray | torch.Tensor
 

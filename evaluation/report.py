@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.io import atomic_write_json, atomic_write_text
-from evaluation.metrics import CI_KEY, CSV_FIELDS, Metric, summarize, to_csv_rows
+from evaluation.metrics import CI_KEY, CSV_FIELDS, STIMULI_CEILING, Metric, summarize, to_csv_rows
 
 CSV_COLUMNS = ("subject", "section", *CSV_FIELDS)
 VALUE_DIGITS = 4
@@ -83,7 +83,8 @@ def _metric_table(report: SubjectReport) -> str:
              "<th>p vs chance</th><th>sd over samples</th><th>note</th></tr>"]
     for section, metrics in report.metrics.items():
         for m in metrics:
-            note = m.skipped or ""
+            ceiling = m.details.get(STIMULI_CEILING)
+            note = m.skipped or (f"ceiling (true test stimuli) {_fmt(ceiling)}" if ceiling is not None else "")
             lines.append(f"<tr><td>{html.escape(section)}</td><td>{html.escape(m.name)}</td>"
                          f"<td>{_fmt(m.value)}</td><td>{_interval(m)}</td><td>{_fmt(m.chance)}</td>"
                          f"<td>{_p_value(m)}</td><td>{_fmt(m.details.get('sd_over_samples'))}</td>"

@@ -15,7 +15,7 @@ the simulated *training* stimuli only, and labels every decoded image:
   a category scored by the sum of the log-probabilities of its attribute values
   (the paper's n-way protocol, n = min(50, test categories)); chance 1/n.
 
-Each metric carries in `details['ceiling']` the same number computed on the true
+Each metric carries in `details['stimuli_ceiling']` the same number computed on the true
 test stimuli: what a perfect decoder could reach with this classifier.
 
 The classifier: per attribute a multinomial logistic regression (L2, L-BFGS from
@@ -32,18 +32,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 from datasets.common import SubjectData
 from datasets.simulate import ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
-from evaluation.metrics import Metric, n_way_top1, skipped
-from models.image_features import GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures, features_of
+from evaluation.metrics import STIMULI_CEILING, Metric, n_way_top1, skipped
+from models.image_features import (GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures,
+                                   features_of)
 from utils.errors import DataError, describe
 
 ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # shape, palette, orientation, frequency, layout
 CATEGORIES_FILE = "categories.json"
 L2_PENALTY = 1e-3            # on the weights of standardised features, per attribute
-LBFGS_ITERATIONS = 200
+LBFGS_ITERATIONS = 500
 STD_FLOOR = 1e-6             # features constant over the training stimuli are not scaled up
 DEFAULT_N_WAY = 50
 SEARCH_DEPTH = 4             # folders above the data folder searched for ground_truth/
@@ -74,7 +76,8 @@ def read_categories(path: Path) -> dict[int, dict]:
     return entries
 
 
-def stimulus_categories(data: SubjectData, categories: dict[int, dict], ground_truth: Path) -> tuple[np.ndarray, np.ndarray]:
+def stimulus_categories(data: SubjectData, categories: dict[int, dict],
+                        ground_truth: Path) -> tuple[np.ndarray, np.ndarray]:
     """Category id of every training image [M] and test image [T] of a simulated subject.
 
     GOD: from the loader's class labels (categories.json `class_id`); BOLD5000: from the
@@ -115,6 +118,28 @@ def classifier_features(images: np.ndarray) -> torch.Tensor:
     return torch.cat([raw, gabor.sum(-1)], 1)  # [N, F]
 
 
+def fit_softmax_regression(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression with an L2 penalty on the weights, L-BFGS from zeros.
+
+    x float64 [M, F], y int [M] in [0, k) -> weights [F, k], bias [k].
+    """
+    m, f = x.shape
+    onehot = np.eye(k)[y]  # [M, k]
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:f * k].reshape(f, k), theta[f * k:]
+        logits = x @ w + b  # [M, k]
+        log_p = logits - logsumexp(logits, axis=1, keepdims=True)
+        err = (np.exp(log_p) - onehot) / m  # d(mean cross-entropy)/d logits
+        loss = -(onehot * log_p).sum() / m + L2_PENALTY * (w * w).sum()
+        grad = np.concatenate([(x.T @ err + 2 * L2_PENALTY * w).ravel(), err.sum(0)])
+        return float(loss), grad
+
+    result = minimize(loss_and_grad, np.zeros(f * k + k), jac=True, method="L-BFGS-B",
+                      options={"maxiter": LBFGS_ITERATIONS})
+    return result.x[:f * k].reshape(f, k), result.x[f * k:]
+
+
 @dataclass
 class AttributeClassifier:
     """Standardisation and one linear softmax head per attribute."""
@@ -129,24 +154,12 @@ class AttributeClassifier:
         """images uint8 [M, H, W, 3]; attributes int [M, A] (ATTRIBUTES order)."""
         feats = classifier_features(images)
         mean, std = feats.mean(0), feats.std(0).clamp_min(STD_FLOOR)
-        x = (feats - mean) / std  # [M, F]
+        x = ((feats - mean) / std).numpy()  # [M, F]
         weights, biases = [], []
         for a, k in enumerate(ATTRIBUTE_SIZES):
-            y = torch.as_tensor(attributes[:, a], dtype=torch.long)
-            w = torch.zeros(x.shape[1], k, dtype=torch.float64, requires_grad=True)
-            b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.LBFGS([w, b], max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
-
-            def closure():
-                opt.zero_grad()
-                loss = F.cross_entropy(x @ w + b, y) + L2_PENALTY * w.pow(2).sum()
-                loss.backward()
-                return loss
-
-            with torch.enable_grad():
-                opt.step(closure)
-            weights.append(w.detach())
-            biases.append(b.detach())
+            w, b = fit_softmax_regression(x, attributes[:, a], k)
+            weights.append(torch.from_numpy(w))
+            biases.append(torch.from_numpy(b))
         return cls(mean, std, weights, biases)
 
     def log_probs(self, images: np.ndarray) -> list[torch.Tensor]:
@@ -183,7 +196,8 @@ class SemanticScorer:
         t, s = images.shape[:2]
         if t != len(self.test_attributes):
             raise DataError(describe("images to classify", f"{len(self.test_attributes)} test trials", t))
-        log_probs = [lp.reshape(t, s, -1) for lp in self.classifier.log_probs(images.reshape(t * s, *images.shape[2:]))]
+        flat = images.reshape(t * s, *images.shape[2:])  # [T*S, H, W, 3]
+        log_probs = [lp.reshape(t, s, -1) for lp in self.classifier.log_probs(flat)]  # per attribute [T, S, k]
         out, rates, chances = [], [], []
         for a, (name, lp) in enumerate(zip(ATTRIBUTES, log_probs)):
             correct = (lp.argmax(-1).numpy() == self.test_attributes[:, a, None])  # [T, S]
@@ -207,7 +221,7 @@ class SemanticScorer:
                                             "fitted on the training stimuli", "categories": self.source,
                               "n_samples": int(s)})
             if with_ceiling and m.name in self.ceiling:
-                m.details["ceiling"] = self.ceiling[m.name]
+                m.details[STIMULI_CEILING] = self.ceiling[m.name]
         return out
 
 

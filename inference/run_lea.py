@@ -349,22 +349,25 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
 # Entry point
 # ---------------------------------------------------------------------------
 
-HEADLINE_PER_SECTION = 4      # console: the first metrics with a value of each section
+HEADLINE_PER_SECTION = 4      # console: the first metrics with a value and a chance level of each section
+HEADLINE_SKIP = ("sim_attribute_accuracy_", "encoding_pearson_", "encoding_mse")  # per-attribute / per-ROI details
+HEADLINE_KEEP = ("encoding_pearson_mean",)
 
 
 def headline(report: SubjectReport) -> str:
     """The main numbers for the console: semantic accuracy first, then the stage table."""
-    parts = []
+    lines = []
     for section in ("decoding", "encoding"):
         shown = [m for m in report.metrics[section] if m.value is not None and m.chance is not None
-                 and not m.name.startswith("sim_attribute_accuracy_")]
-        parts += [f"{m.name} {m.value:.3f} (chance {m.chance:.3f})" for m in shown[:HEADLINE_PER_SECTION]]
-    lines = ["; ".join(parts[:HEADLINE_PER_SECTION]), "; ".join(parts[HEADLINE_PER_SECTION:])]
+                 and (m.name in HEADLINE_KEEP or not m.name.startswith(HEADLINE_SKIP))]
+        lines.append("; ".join(f"{m.name} {m.value:.3f} (chance {m.chance:.3f})"
+                               for m in shown[:HEADLINE_PER_SECTION]))
     for table in report.tables:
         columns = table["columns"][1:]
         lines.append(f"{table['title']}:")
-        lines += [f"  {row[0]:<36} " + ", ".join(f"{c} {v}" for c, v in zip(columns, row[1:]) if v != "–")
-                  for row in table["rows"]]
+        for row in table["rows"]:
+            cells = [f"{c} {v}" for c, v in zip(columns, row[1:]) if v not in ("–", "skipped")]
+            lines.append(f"  {row[0]:<36} " + ", ".join(cells))
     return "\n  ".join(lines)
 
 

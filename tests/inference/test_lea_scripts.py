@@ -44,6 +44,7 @@ def make_setup(root: Path, sim_root: Path, dataset: str) -> Path:
         "Checkpoints": {"fmri": str(ckpt / "fmri" / "{subject}" / "fmri_autoencoder.pt"),
                         "tokenizer": str(ckpt / "tokenizer.pt"), "maskgit": str(ckpt / "maskgit.pt"),
                         "align": str(ckpt / "align" / "{subject}" / "align.pt")},
+        "Eval": {"bootstrap": 200},
         "BATCH_SIZE": 8, "OUT_DIR": str(root / "results"),
     }
     path = root / "lea.yaml"
@@ -114,12 +115,13 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     # simulated data: the semantic attribute accuracy leads, with its chance level and its ceiling
     assert list(dec)[0] == "sim_attribute_accuracy" and re.fullmatch(r"sim_category_\d+way_top1", list(dec)[1])
     assert dec["sim_attribute_accuracy"]["chance"] == pytest.approx(np.mean([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4]))
-    assert 0.0 <= dec["sim_attribute_accuracy"]["details"]["ceiling"] <= 1.0
+    assert 0.0 <= dec["sim_attribute_accuracy"]["details"]["stimuli_ceiling"] <= 1.0
     diag = metrics["diagnostics"]
     for stage in ("tokenizer_round_trip", "decoded_from_true_features", "retrieval_baseline", "lea_decoded"):
         assert 0.0 <= diag[f"{stage}/handcrafted_pairwise_pcc"]["value"] <= 1.0, stage
         assert diag[f"{stage}/sim_attribute_accuracy"]["value"] is not None, stage
-    assert diag["stimuli/sim_attribute_accuracy"]["value"] == dec["sim_attribute_accuracy"]["details"]["ceiling"]
+    ceiling = dec["sim_attribute_accuracy"]["details"]["stimuli_ceiling"]
+    assert diag["stimuli/sim_attribute_accuracy"]["value"] == ceiling
     assert diag["lea_decoded/sample_diversity"]["value"] > 0          # two samples per trial
     assert diag["retrieval_baseline/sample_diversity"]["skipped"]     # one image per trial
 
