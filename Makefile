@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) LEA_GOD.py --demo
 
-# Regenerate the demo's shipped image-side weights (demo_weights/) from scratch into a new folder.
+# Train the demo image side (tokenizer, MaskGIT) from scratch into a new folder with a manifest.
 demo-train: $(STAMP)
 	$(PY) -m inference.demo_weights
 

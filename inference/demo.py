@@ -4,9 +4,10 @@ Everything lives at fixed places so that a second demo run reuses it:
 
     dataset/simulated/                       python -m datasets.simulate --scale demo
     checkpoints/demo/fmri/<subject>/fmri_autoencoder.pt
-    demo_weights/tokenizer.pt, maskgit.pt    shipped, checked against demo_weights/MANIFEST.json
-                                             (inference/demo_weights.py; paths from the demo LEA
-                                             config's Checkpoints section)
+    checkpoints/demo/tokenizer/tokenizer.pt
+    checkpoints/demo/maskgit/maskgit.pt      (paths from the demo LEA config's Checkpoints section;
+                                             a file that a MANIFEST.json beside it lists is checked
+                                             against its sha256 first, see inference/demo_weights.py)
 
 Each missing weight is trained by `train.py` into its own time-stamped run folder; its
 final file is then linked to the stable path only when nothing is there yet, so

@@ -1,21 +1,21 @@
-"""The demo's shipped image-side weights (tokenizer and MaskGIT) and how to regenerate them.
+"""Packaged demo image-side weights (tokenizer and MaskGIT): manifest, check, regeneration.
 
-On a 2-core CPU the image side does not learn the simulated stimuli within the 5 minutes `make
-demo` may take, so the repository ships the two files `train.py` produced from the committed demo
-configs, in `demo_weights/`:
+The route for a demo whose image side cannot learn within `make demo`'s 5 minutes on a 2-core CPU:
+ship the two files `train.py` produced from the committed demo configs together with a manifest,
 
-    demo_weights/tokenizer.pt    python train.py tokenizer --config configs/demo/tokenizer.yaml
-    demo_weights/maskgit.pt      python train.py maskgit --config configs/demo/maskgit.yaml \
-                                     --set Init.tokenizer=<that run>/tokenizer.pt
-    demo_weights/MANIFEST.json   per file: sha256, bytes, the exact command, its config and the
-                                 config's sha256
+    <folder>/tokenizer.pt     python train.py tokenizer --config configs/demo/tokenizer.yaml
+    <folder>/maskgit.pt       python train.py maskgit --config configs/demo/maskgit.yaml \
+                                  --set Init.tokenizer=<that run>/tokenizer.pt
+    <folder>/MANIFEST.json    per file: sha256, bytes, the exact command, its config and the
+                              config's sha256
 
-The fMRI autoencoder and the alignment heads are still trained by the demo. Before a shipped file
-is used its sha256 is checked against the manifest (`verify_shipped`).
+and point the demo LEA configs' Checkpoints at them. Before the demo uses a weight file that a
+manifest in its folder lists, its sha256 is checked (`verify_shipped`). The fMRI autoencoder and the
+alignment heads are always trained by the demo.
 
-`make demo-train` (`python -m inference.demo_weights`) regenerates both files from scratch into a
-new folder `checkpoints/demo/image_side_<date-time>/` with its own manifest; nothing shipped is
-replaced (copy the folder's files over `demo_weights/` to ship them).
+No image-side weights are shipped yet (the demo trains its own, see README): `make demo-train`
+(`python -m inference.demo_weights`) trains both from scratch into a new folder
+`checkpoints/demo/image_side_<date-time>/` with its manifest (nothing existing is replaced).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Callable
 from utils.errors import CheckpointError, describe
 from utils.io import atomic_write_text, file_sha256, new_run_dir
 
-SHIPPED_DIR = Path("demo_weights")
+SHIPPED_DIR = Path("demo_weights")  # where shipped files would go (none are shipped yet)
 MANIFEST_NAME = "MANIFEST.json"
 MAX_TOTAL_BYTES = 20 * 1024 * 1024  # the shipped image-side weights stay under 20 MB
 RETRAIN_ROOT = Path("checkpoints/demo")

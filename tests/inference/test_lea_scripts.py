@@ -43,6 +43,7 @@ def make_setup(root: Path, sim_root: Path, dataset: str) -> Path:
         "Checkpoints": {"fmri": str(ckpt / "fmri" / "{subject}" / "fmri_autoencoder.pt"),
                         "tokenizer": str(ckpt / "tokenizer.pt"), "maskgit": str(ckpt / "maskgit.pt"),
                         "align": str(ckpt / "align" / "{subject}" / "align.pt")},
+        "Eval": {"bootstrap": 200},
         "BATCH_SIZE": 8, "OUT_DIR": str(root / "results"),
     }
     path = root / "lea.yaml"

@@ -91,3 +91,20 @@ def test_restart_threshold_counts_rarely_chosen_codes_as_dead(vqgan):
     assert monitor.restart_dead(vqgan, min_share=0.0) == 0
     monitor.observe(choices.reshape(1, 1, -1), torch.rand(2, 3, 16, 16))
     assert monitor.restart_dead(vqgan, min_share=0.25) == K - 1
+
+
+def test_discriminator_has_its_own_optimiser_settings(vqgan):
+    from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
+    from training.optim import build_optimizer
+    from utils.config import TrainConfig
+
+    cfg = TokenizerConfig()
+    cfg.model = vqgan.config
+    cfg.loss.disc_lr, cfg.loss.disc_betas = 1e-4, (0.5, 0.9)
+    disc = PatchDiscriminator(PatchDiscriminatorConfig(channels=8))
+    module = TokenizerTrainModule(vqgan, disc, cfg)
+    opt = build_optimizer(module.optimizer_groups(TrainConfig(lr=1e-3, betas=(0.9, 0.95))), TrainConfig(lr=1e-3))
+    disc_ids = {id(p) for p in disc.parameters()}
+    for group in opt.param_groups:
+        is_disc = all(id(p) in disc_ids for p in group["params"])
+        assert (group["lr"], tuple(group["betas"])) == ((1e-4, (0.5, 0.9)) if is_disc else (1e-3, (0.9, 0.95)))
