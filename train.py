@@ -2,7 +2,7 @@
 
     python train.py {fmri,tokenizer,maskgit,align} --config FILE [--set Section.key=value ...]
                     [--resume RUN_DIR_or_CKPT] [--run-name NAME] [--mask-ratio R]
-                    [--device auto|cpu|cuda]
+                    [--device auto|cpu|cuda] [--no-progress]
     torchrun --nproc_per_node N train.py ...      # DistributedDataParallel, one process per GPU
 
 Each run writes into a new folder `<Train.out_dir>/<run-name>_<timestamp>/` (align: under
@@ -25,7 +25,7 @@ from training.engine import LAST_CHECKPOINT, Trainer, load_checkpoint, start_run
 from utils.config import apply_overrides, config_from_dict, read_yaml, save_config
 from utils.errors import ConfigError
 from utils.guard import RunFolders, guarded
-from utils.io import atomic_write_text, ensure_output_dir
+from utils.io import atomic_write_text, ensure_output_dir, progress_wanted
 
 STAGE_MODULES = {"fmri": "training.stage_fmri", "tokenizer": "training.stage_tokenizer",
                  "maskgit": "training.stage_maskgit", "align": "training.stage_align"}
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-ratio", type=float,
                    help="fmri only: masked-brain-modelling pretraining with this patch mask ratio")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (also off when stdout or stderr is not a terminal); log.csv is unchanged")
     return p.parse_args(argv)
 
 
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
         if args.stage != "fmri":
             raise ConfigError(f"--mask-ratio: only for the fmri stage, not '{args.stage}'")
         overrides.append(f"Loss.mask_ratio={args.mask_ratio}")
+    progress = progress_wanted(not args.no_progress)
+    if not progress and args.stage != "align":
+        overrides.append("Train.progress=false")
     values = apply_overrides(read_yaml(args.config), overrides)
     checked = config_from_dict(values, args.config)   # every key and type checked before any data is read
     if hasattr(checked, "train"):
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None, folders: RunFolders | None = None) -> in
     log = print if info.is_main else (lambda _msg: None)
     try:
         if args.stage == "align":
-            for run_dir in stage_module.run_align(values, args.config, info, args.run_name, log):
+            for run_dir in stage_module.run_align(values, args.config, info, args.run_name, log, progress):
                 print_next_use("align", run_dir, log, subject=run_dir.parent.name)
             return 0
         resume = load_checkpoint(args.resume) if args.resume else None

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from datasets import bold5000 as bold
 from datasets import god
 from utils.errors import ConfigError, describe
+from utils.io import progress_wanted
 from utils.guard import RunFolders, guarded
 
 GENERATOR = "datasets.simulate"
@@ -731,11 +732,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=None, help="image side (default: the scale's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a folder this tool wrote before")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (also off when stdout or stderr is not a terminal)")
     args = parser.parse_args(argv)
 
     def body(_folders: RunFolders) -> None:
         out = simulate(args.out, scale=args.scale, seed=args.seed, image_size=args.image_size,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite,
+                       progress=progress_wanted(not args.no_progress))
         print(f"wrote {out}/{GOD_DIR}, {out}/{BOLD_DIR} and {out}/{GROUND_TRUTH_DIR}")
 
     return guarded(body, "python -m datasets.simulate")

@@ -123,7 +123,8 @@ def stage_metrics(gt: np.ndarray, gt_features: torch.Tensor, images: np.ndarray,
     if n_way is not None:
         out.append(M.feature_n_way_top1(gt_features, features, n_way, "pcc", name=f"{backend}_{n_way}way_top1_pcc"))
     out.append(M.pairwise_identification(gt, images, "pcc"))
-    out.append(sample_diversity(features, gt_features))
+    if images.shape[1] > 1:  # diversity only where a stage draws several samples per trial
+        out.append(sample_diversity(features, gt_features))
     return out
 
 

@@ -65,8 +65,10 @@ def place_without_overwrite(source: Path, target: Path) -> bool:
         os.unlink(tmp)
 
 
-def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[str], None]) -> Path:
-    """Run `python train.py <stage> --config <config> --set ...` in-process; return its final file."""
+def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[str], None],
+                progress: bool = True) -> Path:
+    """Run `python train.py <stage> --config <config> --set ... [--no-progress]` in-process; return its
+    final file."""
     import train
 
     if not Path(config).is_file():
@@ -75,7 +77,7 @@ def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[st
     before = set(out_dir.iterdir()) if out_dir.is_dir() else set()
     command = " ".join(["python train.py", stage, "--config", config, *[f"--set '{o}'" for o in overrides]])
     log(f"demo: training {stage}: {command}")
-    argv = [stage, "--config", config]
+    argv = [stage, "--config", config] + ([] if progress else ["--no-progress"])
     for item in overrides:
         argv += ["--set", item]
     train.main(argv)
@@ -88,14 +90,14 @@ def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[st
 
 
 def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
-                  log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None], progress: bool = True) -> None:
     """Train `stage` and place its final file at `stable`, unless `stable` already exists."""
     if stable.is_file():
         shipped = verify_shipped(stable)
         log(f"demo: using {stable}" + (f" (shipped; sha256 matches {stable.parent / MANIFEST_NAME})" if shipped else ""))
         return
     started = time.time()
-    final = train_stage(stage, config, overrides, log)
+    final = train_stage(stage, config, overrides, log, progress)
     placed = place_without_overwrite(final, stable)
     log(f"demo: {stage} trained in {time.time() - started:.0f} s; "
         + (f"placed at {stable}" if placed else f"{stable} appeared meanwhile and was kept; new weights in {final}"))
@@ -123,8 +125,8 @@ def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
         ensure_weight("fmri", Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject)), fmri_config,
-                      [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"], log)
+                      [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"], log, progress)
     tokenizer = Path(cfg.checkpoints.tokenizer)
-    ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log)
+    ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log, progress)
     ensure_weight("maskgit", Path(cfg.checkpoints.maskgit), STAGE_CONFIGS["maskgit"],
-                  [f"Init.tokenizer={tokenizer}"], log)
+                  [f"Init.tokenizer={tokenizer}"], log, progress)

@@ -24,22 +24,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from datasets import load_subject, normalisation_options
 from datasets.bold5000 import BOLD_SUBJECTS
 from datasets.common import SubjectData
 from datasets.god import GOD_SUBJECTS
-from models.image_features import ImageFeatureExtractor, build_image_features_from_config, cached_features, features_of
-from models.lea import LEA, maskgit_condition_recipe, resolve_device
-from models.provenance import MISMATCH_NAMES, alignment_provenance
+from models.image_features import ImageFeatureExtractor, build_image_features_from_config, features_of
+from models.lea import maskgit_condition_recipe, resolve_device
+from models.provenance import MISMATCH_NAMES
 from evaluation import metrics as M
-from utils.config import LEAConfig, load_config, save_config, subject_path, to_dict
+from utils.config import LEAConfig, load_config, save_config
+from inference.api import LEA, checkpoint_paths
 from inference.demo import FINAL_FILES, FMRI_STAGE_CONFIGS, STAGE_CONFIGS, prepare_demo
-from inference.weights import find_alignment, load_subject_weights
 from utils.errors import CheckpointError, ConfigError, DataError, describe
 from utils.guard import RunFolders, guarded
-from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz
+from utils.io import atomic_save_npy, file_sha256, new_run_dir, open_npz, progress_wanted
 from utils.precision import precision_name, resolve_precision
-from utils.run_files import resolve
 from evaluation.report import SubjectReport, write_run_report, write_subject_report
 from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save_png
 from inference.evaluate import evaluate_subject, load_scoring_tools, n_way_for, summary_lines
@@ -48,7 +46,6 @@ from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
 from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
 
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
-FEATURE_CACHE_KEY = "stimuli"
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,9 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
                         "checkpoint / features, differ from what is given (recorded in the results; repeatable)")
     p.add_argument("--demo", action="store_true",
                    help="use the demo config: simulate data and train the small demo weights when missing")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars, also in the training stages --demo starts (they are off "
+                        "whenever stdout or stderr is not a terminal)")
     return p
 
 
@@ -174,15 +173,6 @@ def train_command(kind: str, spec: ScriptSpec, subject: str, demo: bool) -> str:
 CHECKPOINT_WHAT = {"fmri": ("fMRI autoencoder", "--fmri-ckpt"),
                    "tokenizer": ("VQGAN tokenizer", "--tokenizer-ckpt"),
                    "maskgit": ("MaskGIT transformer", "--maskgit-ckpt")}
-
-
-def checkpoint_paths(cfg: LEAConfig, subject: str) -> dict[str, Path]:
-    """Weight files of `subject`; a run folder, folder of runs or run prefix means its newest final file."""
-    c = cfg.checkpoints
-    return {"fmri": resolve(subject_path(c.fmri, "--fmri-ckpt / Checkpoints.fmri", subject), FINAL_FILES["fmri"]),
-            "tokenizer": resolve(c.tokenizer, FINAL_FILES["tokenizer"]),
-            "maskgit": resolve(c.maskgit, FINAL_FILES["maskgit"]),
-            "align": Path(subject_path(c.align, "--align / Checkpoints.align", subject))}
 
 
 def missing_checkpoint_message(kind: str, path: Path, spec: ScriptSpec, subject: str, demo: bool) -> str:
@@ -261,15 +251,6 @@ def simulator_scores(truth_path: Path | None, data: SubjectData):
 # One subject
 # ---------------------------------------------------------------------------
 
-def feature_function(extractor: ImageFeatureExtractor, cache_dir: str | None, progress: bool):
-    """uint8 images [N, H, W, 3] -> features [N, D], cached on disk when `cache_dir` is set."""
-    def features(images: np.ndarray) -> torch.Tensor:
-        if cache_dir:
-            return cached_features(extractor, images, cache_dir, FEATURE_CACHE_KEY, progress=progress)
-        return features_of(extractor, images)
-    return features
-
-
 def checkpoint_record(path: Path) -> dict[str, str]:
     return {"path": str(path), "sha256": file_sha256(path)}
 
@@ -277,40 +258,15 @@ def checkpoint_record(path: Path) -> dict[str, str]:
 def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, extractor: ImageFeatureExtractor,
                 device: torch.device, dtype: torch.dtype | None, classifier, classifier_reason, progress: bool,
                 log) -> SubjectReport:
-    features = feature_function(extractor, cfg.features.cache_dir, progress)
+    api = LEA.from_config(cfg, subject, device, extractor=extractor, progress=progress, log=log,
+                          config_path=config_path)
+    data, paths, records, lea, features = api.data, api.checkpoints, api.records, api.pipeline, api.features
     tools = load_scoring_tools(cfg, features, extractor.name, classifier, classifier_reason)
-    data = load_subject(cfg.data.dataset, cfg.data.path, subject, roi_patch=cfg.data.roi_patch,
-                        config_file=config_path, **normalisation_options(cfg.data.dataset, cfg.data.test_normalisation,
-                                                                          cfg.data.stats_from))
-    paths = checkpoint_paths(cfg, subject)
-    weights = load_subject_weights(cfg, paths, data, cfg.checkpoints.fmri_config, cfg.checkpoints.maskgit_config, log)
-    lea = LEA(weights.fmri_ae, weights.maskgit, weights.tokenizer, features, device=device, dtype=dtype,
-              batch_size=cfg.batch_size, progress=progress)
-
-    records = weights.records
-    heads, align_file, align_checks = find_alignment(paths["align"], records["fmri"], cfg, log)
     folder = run_dir / subject
     folder.mkdir()
-    if heads is not None:
-        paths["align"] = align_file
-        if heads.restandardize != cfg.align.restandardize:
-            log(f"{subject}: {paths['align']} was saved with restandardize={heads.restandardize}; "
-                f"using the config's Align.restandardize={cfg.align.restandardize}")
-        heads.restandardize = cfg.align.restandardize
-        heads.restandardize_std = cfg.align.restandardize_std
-        lea.heads = heads
-        lea._check_sizes()
-        records["align"] = checkpoint_record(paths["align"])
-        align_source = str(paths["align"])
+    if api.heads_source is not None:
+        align_source = str(api.heads_source)
     else:
-        alphas = (f"alphas by {cfg.align.cv_folds}-fold CV over {cfg.align.alphas}" if cfg.align.alphas else
-                  f"decode alpha {cfg.align.decode_alpha}, encode alpha {cfg.align.encode_alpha}")
-        log(f"{subject}: no alignment heads at {paths['align']}; fitting them on the "
-            f"{len(data.train_fmri)} training trials (ridge, {alphas})")
-        lea.fit_alignment(data.train_fmri, data.train_images, data.train_image_index, cfg.align)
-        lea.heads.provenance = alignment_provenance(paths["fmri"], to_dict(cfg.features))
-        chosen = lea.heads.describe()
-        log(f"{subject}: alignment alphas: decode {chosen['decode_alpha']}, encode {chosen['encode_alpha']}")
         saved = lea.heads.save(folder / "align.pt")
         records["align"] = checkpoint_record(saved)
         align_source = f"fitted on the training set, saved to {subject}/align.pt"
@@ -360,7 +316,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "restandardize": cfg.align.restandardize, "restandardize_std": cfg.align.restandardize_std,
         "test_normalisation": cfg.data.test_normalisation, "stats_from": cfg.data.stats_from,
         **eval_settings,
-        "consistency": weights.consistency + align_checks,
+        "consistency": api.consistency,
         "accepted_mismatches": list(cfg.checkpoints.accept_mismatch),
         "restandardize_note": ("on: predicted latents are z-scored over the test set (uses test-set statistics)"
                                if cfg.align.restandardize else "off: no test-set statistics are used"),
@@ -426,7 +382,7 @@ def rerun_hint(run_dir: Path) -> str:
 def run(args: argparse.Namespace, spec: ScriptSpec, argv: Sequence[str], folders: RunFolders) -> Path:
     started = time.time()
     cfg, config_path = resolve_config(args, spec)
-    progress = not args.no_progress
+    progress = progress_wanted(not args.no_progress)
     log = print
     if args.demo:
         prepare_demo(cfg, spec, progress=progress, log=log)

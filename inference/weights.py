@@ -32,6 +32,7 @@ from models.published import RELEASE_DECODER_PARTS, RELEASE_FMRI_PREFIX, load_fr
 from models.vqgan import VQGAN
 from utils.config import LEAConfig, build, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
+from models.hub import is_pretrained_folder, read_payload, weights_file
 from utils.io import file_sha256
 from utils.run_files import candidates
 
@@ -56,12 +57,17 @@ def model_section(config_file: str, where: str) -> dict[str, Any]:
 
 
 def _record(path: Path, what: str) -> dict[str, Any]:
-    return {"path": str(path), "sha256": file_sha256(path), "file": what}
+    return {"path": str(path), "sha256": file_sha256(weights_file(path)), "file": what}
+
+
+def read_weights(path: Path, kind: str) -> Any:
+    """A weight file read safely, or a Hub-style folder read as the model file it was written from."""
+    return read_payload(path, kind) if is_pretrained_folder(path) else safe_torch_load(path)
 
 
 def load_fmri(path: Path, data: SubjectData, config_file: str) -> tuple[FMRIAutoencoder, dict[str, Any]]:
     """The subject's fMRI autoencoder from a train.py file or a release file; its ROI groups are checked."""
-    payload = safe_torch_load(path)
+    payload = read_weights(path, "fmri_autoencoder")
     if isinstance(payload, dict) and "kind" in payload:
         model = network_from_payload("fmri_autoencoder", payload, path,
                                      expect={"dataset": data.dataset, "subject": data.subject})
@@ -80,7 +86,7 @@ def load_fmri(path: Path, data: SubjectData, config_file: str) -> tuple[FMRIAuto
 def load_decoder(maskgit_path: Path, tokenizer_path: Path, cfg: LEAConfig, config_file: str,
                  log: Callable[[str], None]) -> tuple[MaskGITTransformer, VQGAN, dict, list[dict[str, Any]]]:
     """Transformer + frozen tokenizer, their records and the consistency checks (raises on a refused mismatch)."""
-    payload = safe_torch_load(maskgit_path)
+    payload = read_weights(maskgit_path, "maskgit")
     release_vqgan = None
     if isinstance(payload, dict) and "kind" in payload:
         maskgit = network_from_payload("maskgit", payload, maskgit_path)
@@ -106,7 +112,7 @@ def load_decoder(maskgit_path: Path, tokenizer_path: Path, cfg: LEAConfig, confi
         decoder_record["own_vqgan"] = ("identical to the tokenizer used" if same else
                                        "differs from the tokenizer used; not used (the release decodes with the "
                                        "published tokenizer, loaded last)")
-    tokenizer_sha = file_sha256(tokenizer_path)
+    tokenizer_sha = file_sha256(weights_file(tokenizer_path))
     checks = enforce(decoder_checks(provenance, maskgit_path, tokenizer_path, tokenizer_sha, to_dict(cfg.features)),
                      cfg.checkpoints.accept_mismatch)
     for check in checks:

@@ -27,12 +27,14 @@ from typing import Any, Optional, Sequence
 import torch
 
 from models.checkpoints import safe_torch_load
+from models.hub import CONFIG_NAME, join_tensors, read_pretrained, save_pretrained, split_tensors
 from utils.errors import CheckpointError, ConfigError, DataError, describe
 from utils.io import atomic_torch_save
 
 SOLVERS = ("auto", "primal", "dual")
 RIDGE_FORMAT = "lea.ridge_head"
 HEADS_FORMAT = "lea.alignment_heads"
+HEADS_KIND = "align"  # kind of the heads' Hub-style folder
 FORMAT_VERSION = 1
 DEFAULT_ALPHA = 500.0
 DEFAULT_CV_FOLDS = 5
@@ -428,6 +430,19 @@ class AlignmentHeads:
         return atomic_torch_save(path, {"format": HEADS_FORMAT, "version": FORMAT_VERSION,
                                         "state": self.state_dict(), "describe": self.describe(),
                                         "provenance": self.provenance})
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """A new Hub-style folder: the tensors in model.safetensors, the rest of the state in config.json."""
+        tensors, plain = split_tensors(self.state_dict())
+        return save_pretrained(folder, HEADS_KIND, tensors, state=plain, describe=self.describe())
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "AlignmentHeads":
+        config, tensors = read_pretrained(folder, HEADS_KIND)
+        if not isinstance(config.get("state"), dict):
+            raise CheckpointError(describe(Path(folder) / CONFIG_NAME, "key 'state' (a mapping)",
+                                           repr(config.get("state"))))
+        return cls().load_state_dict(join_tensors(tensors, config["state"]), source=str(folder))
 
     @classmethod
     def load(cls, path: str | Path) -> "AlignmentHeads":

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from models.layers import ViTBlock, sincos_positions_1d
+from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
@@ -105,8 +106,11 @@ class ROIPatchEmbed(nn.Module):
         return torch.cat(tokens, dim=1)  # [B, L, C]
 
 
-class FMRIAutoencoder(nn.Module):
+class FMRIAutoencoder(PretrainedMixin, nn.Module):
     """LEA's fMRI autoencoder (E_f, D_f). See the module docstring for the data flow."""
+
+    pretrained_kind = "fmri_autoencoder"  # the `kind` train.py writes
+    config_class = FMRIAutoencoderConfig
 
     def __init__(self, config: FMRIAutoencoderConfig):
         if not config.roi_patch:

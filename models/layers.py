@@ -5,8 +5,8 @@
   `attention_implementation(...)`: 'sdpa' (`F.scaled_dot_product_attention`, the default) or 'math'
   (softmax(q k^T * scale) v written out, as the authors' release computes it; kept for comparisons).
 - `to_autocast_dtype`: cast an activation once to the autocast compute dtype.
-- `ViTBlock`: pre-norm transformer block whose parameter names (`norm1`, `attn.qkv`, `attn.proj`,
-  `norm2`, `mlp.fc1`, `mlp.fc2`) match timm's ViT `Block`, so MAE-style checkpoints load by name.
+- `ViTBlock`: timm's pre-norm ViT `Block` at the settings the release uses (qkv bias, LayerNorm
+  eps 1e-5), with an attention whose kernel follows `attention_implementation(...)`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
 
 POSITION_BASE = 10000.0  # wavelength base of the sine-cosine table
 
@@ -78,17 +81,14 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_
 
     q, k, v: [B, N, C] -> [B, N, C]. The kernel follows `attention_implementation` ('sdpa' by default).
     """
-    B, N, C = q.shape
-    head_dim = C // num_heads
-
     def split(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(B, t.shape[1], num_heads, head_dim).transpose(1, 2)  # [B, H, N, C/H]
+        return rearrange(t, "b n (h d) -> b h n d", h=num_heads)  # [B, H, N, C/H]
 
     if _attention_impl == "math":
         out = math_attention(split(q), split(k), split(v), dropout_p)  # [B, H, N, C/H]
     else:
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=dropout_p)
-    return out.transpose(1, 2).reshape(B, N, C)  # [B, N, C]
+    return rearrange(out, "b h n d -> b n (h d)")  # [B, N, C]
 
 
 def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -103,53 +103,31 @@ def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class FusedQKVAttention(nn.Module):
-    """Self-attention with one `qkv` projection (with bias) and an output `proj`; dropout `drop` after
-    `proj` (none on the attention weights, as in timm's Block with `proj_drop`)."""
+class SwitchableAttention(Attention):
+    """timm's fused-qkv self-attention (`qkv` with bias, `proj`) whose kernel follows
+    `attention_implementation(...)` at every call: timm's fused SDPA path for 'sdpa', its written-out
+    softmax(q k^T * scale) v for 'math'."""
 
-    def __init__(self, dim: int, num_heads: int, drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(drop)
+    @property
+    def fused_attn(self) -> bool:
+        return _attention_impl == "sdpa"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B, N, C]
-        out = multi_head_attention(q, k, v, self.num_heads)  # [B, N, C]
-        return self.proj_drop(self.proj(out))
+    @fused_attn.setter
+    def fused_attn(self, timm_default: bool) -> None:
+        """timm sets its own default at construction; `attention_implementation` decides instead."""
 
 
-class Mlp(nn.Module):
-    """fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+class ViTBlock(Block):
+    """timm's pre-norm ViT `Block`: x + attn(norm1(x)), then x + mlp(norm2(x)) with exact GELU.
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
-class ViTBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). LayerNorm eps 1e-5."""
+    qkv with bias, torch LayerNorm (eps 1e-5, not timm's 1e-6), dropout `drop` after `attn.proj` and
+    in the MLP, no attention-weight dropout, no layer scale, no drop path. Parameter names
+    (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`) are timm's, so release and
+    MAE-style checkpoints load by name.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = FusedQKVAttention(dim, num_heads, drop)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        super().__init__(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, proj_drop=drop,
+                         norm_layer=nn.LayerNorm, attn_layer=SwitchableAttention)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.alignment import AlignmentHeads
 from models.checkpoints import load_state_dict_strict, safe_torch_load
+from models.hub import CONFIG_NAME, read_config
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
@@ -41,13 +42,17 @@ MODEL_FILE_KEYS = ("model", "kind", "model_config")
 
 
 def load_trained_network(kind: str, path: str | Path, expect: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """Build and strictly load a network from a final model file of `train.py`.
+    """Build and strictly load a network from a final model file of `train.py`, or from the
+    Hub-style folder written beside it (`Network.from_pretrained`; its config.json holds the same records).
 
     The file is `{'model': state_dict, 'kind': kind, 'model_config': Model section, ...}`,
     read with `torch.load(weights_only=True)`. `expect`: values the file must record when it
     records them (e.g. {'dataset': 'GOD', 'subject': 'sbj_1'}); a different one is an error even
     when the shapes happen to fit.
     """
+    if Path(path).is_dir():
+        check_expected(read_config(path, kind), expect, Path(path) / CONFIG_NAME)
+        return NETWORKS[kind][0].from_pretrained(path)
     return network_from_payload(kind, safe_torch_load(path), path, expect)
 
 
@@ -60,10 +65,7 @@ def network_from_payload(kind: str, payload: Any, path: str | Path,
                                        found))
     if payload["kind"] != kind:
         raise CheckpointError(describe(f"{path} key 'kind'", repr(kind), repr(payload["kind"])))
-    for key, value in (expect or {}).items():
-        if key in payload and payload[key] != value:
-            raise CheckpointError(describe(f"{path} key '{key}'", f"{value!r} (the {key} this run uses)",
-                                           f"{payload[key]!r}: this network was trained for another {key}"))
+    check_expected(payload, expect, path)
     network, config_cls = NETWORKS[kind]
     try:
         config = build(config_cls, dict(payload["model_config"]), f"{path} key 'model_config'")
@@ -74,13 +76,22 @@ def network_from_payload(kind: str, payload: Any, path: str | Path,
     return model.eval()
 
 
+def check_expected(records: Mapping[str, Any], expect: Mapping[str, Any] | None, where: str | Path) -> None:
+    """CheckpointError when `records` (a model file or config.json) holds another value than `expect`."""
+    for key, value in (expect or {}).items():
+        if key in records and records[key] != value:
+            raise CheckpointError(describe(f"{where} key '{key}'", f"{value!r} (the {key} this run uses)",
+                                           f"{records[key]!r}: this network was trained for another {key}"))
+
+
 CONDITION_AUGMENTATION_KEYS = ("condition_drop", "condition_noise", "condition_shrink")
 
 
 def maskgit_condition_recipe(path: str | Path) -> dict:
     """How a MaskGIT model file was trained to take its condition: the Loss.condition_* values of
-    its training config (absent keys, e.g. in files from before these options, count as 0 = off)."""
-    payload = safe_torch_load(path)
+    its training config (absent keys, e.g. in files from before these options, count as 0 = off).
+    A Hub-style folder's config.json holds the same training config."""
+    payload = read_config(path, "maskgit") if Path(path).is_dir() else safe_torch_load(path)
     loss = (payload.get("config") or {}).get("Loss") or {} if isinstance(payload, dict) else {}
     recipe = {k: float(loss.get(k, 0.0)) for k in CONDITION_AUGMENTATION_KEYS}
     recipe["note"] = ("condition augmentation on (noise / shrink / drop as listed)" if any(recipe.values())

@@ -17,8 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from models.layers import multi_head_attention, to_autocast_dtype
+from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
@@ -137,8 +139,11 @@ class PostNormLayer(nn.Module):
         return self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x)))))
 
 
-class MaskGITTransformer(nn.Module):
+class MaskGITTransformer(PretrainedMixin, nn.Module):
     """Bidirectional token transformer conditioned on one feature vector per image."""
+
+    pretrained_kind = "maskgit"  # the `kind` train.py writes
+    config_class = MaskGITConfig
 
     def __init__(self, config: MaskGITConfig):
         super().__init__()
@@ -256,5 +261,5 @@ class MaskGITTransformer(nn.Module):
             remask = confidence.topk(n_mask, dim=-1, largest=False).indices  # [B*S, n_mask]
             ids = sampled.scatter(1, remask, self.mask_token_id)
             history.append(n_mask)
-        tokens = ids.reshape(B, num_samples, N)  # [B, S, N]
+        tokens = rearrange(ids, "(b s) n -> b s n", s=num_samples)  # [B, S, N]
         return (tokens, history) if return_history else tokens

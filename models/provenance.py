@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from models.hub import weights_file
 from utils.errors import CheckpointError
 from utils.io import file_sha256
 
@@ -109,7 +110,7 @@ def alignment_checks(record: Mapping[str, Any], heads: str | Path, fmri: str | P
 
 def alignment_provenance(fmri_checkpoint: str | Path, features: Mapping[str, Any]) -> dict[str, Any]:
     """What alignment heads record: the fMRI checkpoint (path, sha256) and the feature settings."""
-    return {"fmri_checkpoint": {"path": str(fmri_checkpoint), "sha256": file_sha256(fmri_checkpoint)},
+    return {"fmri_checkpoint": {"path": str(fmri_checkpoint), "sha256": file_sha256(weights_file(fmri_checkpoint))},
             "features": feature_signature(features)}
 
 

@@ -37,6 +37,7 @@ import torch
 from models.checkpoints import (FLAX_ROOT, NPZ_SUFFIX, LoadReport, VQGANLayout, _listing, _load_npz,
                                 extract_state_dict, load_maskgit_vqgan, load_state_dict_strict, safe_torch_load,
                                 state_dict_problems)
+from models.hub import is_pretrained_folder
 from models.maskgit import MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
 from utils.config import build
@@ -88,7 +89,7 @@ def load_frozen_tokenizer(path: str | Path, token_grid: Optional[int] = None,
     """A frozen VQGAN (eval, no gradients) from any tokenizer file, and a line saying what it is.
 
     Args:
-        path: train.py's `tokenizer.pt` (carries its Model section); a plain state dict in the
+        path: train.py's `tokenizer.pt` (carries its Model section) or the Hub-style folder beside it; a plain state dict in the
             release's names, bare or wrapped, `module.` prefixes allowed (MaskGIT's published tokenizer
             as the release ships it); or Google's Flax tree saved as `.npz`.
         token_grid: tokens per side of the MaskGIT transformer it serves; with a published file it
@@ -98,6 +99,8 @@ def load_frozen_tokenizer(path: str | Path, token_grid: Optional[int] = None,
             published one (default: the published ImageNet-256 architecture).
     """
     path = Path(path)
+    if is_pretrained_folder(path):
+        return VQGAN.from_pretrained(path).requires_grad_(False), f"{path}: tokenizer folder written by train.py, frozen"
     if not path.is_file():
         raise CheckpointError(describe(path, "a tokenizer file (train.py's tokenizer.pt, MaskGIT's published "
                                        "ImageNet-256 tokenizer as a state dict, or its Flax tree as .npz)",

@@ -17,7 +17,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
+from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
@@ -187,20 +189,23 @@ class VectorQuantizer(nn.Module):
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """z: [B, D, h, w] -> indices [B, h, w] (long). Distances are computed in float32."""
-        B, D, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D).float()  # [B*h*w, D]
+        B, _, h, w = z.shape
+        flat = rearrange(z, "b d h w -> (b h w) d").float()  # [B*h*w, D]
         codes = self.embedding.weight.float()  # [K, D]
         dist = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t()
                 + codes.pow(2).sum(1)[None])  # [B*h*w, K]
-        return dist.argmin(1).reshape(B, h, w)  # [B, h, w]
+        return rearrange(dist.argmin(1), "(b h w) -> b h w", b=B, h=h, w=w)  # [B, h, w]
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: [B, h, w] -> quantised map [B, D, h, w]."""
-        return self.embedding(indices).permute(0, 3, 1, 2)  # [B, h, w, D] -> [B, D, h, w]
+        return rearrange(self.embedding(indices), "b h w d -> b d h w")  # [B, D, h, w]
 
 
-class VQGAN(nn.Module):
+class VQGAN(PretrainedMixin, nn.Module):
     """MaskGIT VQGAN tokenizer (encoder, `quantizer`, decoder)."""
+
+    pretrained_kind = "tokenizer"  # the `kind` train.py writes
+    config_class = VQGANConfig
 
     def __init__(self, config: VQGANConfig):
         super().__init__()
@@ -233,7 +238,7 @@ class VQGAN(nn.Module):
             if side * side != indices.shape[1]:
                 raise DataError(describe("VQGAN indices", "[B, h, w] or [B, n] with n a square",
                                          list(indices.shape)))
-            indices = indices.reshape(-1, side, side)  # [B, h, w]
+            indices = rearrange(indices, "b (h w) -> b h w", h=side)  # [B, h, w]
         if indices.dim() != 3:
             raise DataError(describe("VQGAN indices", "[B, h, w] or [B, h*w]", list(indices.shape)))
         return self.decode(self.quantizer.lookup(indices.long()))

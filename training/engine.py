@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.checkpoints import safe_torch_load
+from models.hub import save_pretrained
 from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_object,
                                   wrap_model)
 from training.logger import RunLogger
@@ -84,7 +85,8 @@ class Stage:
         """Write stage-specific samples for the current weights (rank 0, eval mode, no grad)."""
 
     def final_artifact(self, module: TrainModule) -> tuple[str, dict]:
-        """(file name, model-only payload) that inference loads."""
+        """(file name, model-only payload) that inference loads; the Trainer also writes it as a
+        Hub-style folder named after the file (models/hub.py)."""
         raise NotImplementedError
 
     def model_file(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -354,7 +356,7 @@ class Trainer:
     def fit(self) -> Optional[Path]:
         """Train to max_steps; return the final model-only file (rank 0) or None."""
         logger = RunLogger(self.run_dir, self.train.max_steps, self.step, enabled=self.info.is_main,
-                           desc=f"{self.stage.kind}")
+                           desc=f"{self.stage.kind}", progress=self.train.progress)
         batches = self._batches()
         accum = self.train.grad_accum
         self.model.train()
@@ -411,6 +413,8 @@ class Trainer:
         if self.info.is_main:
             name, payload = self.stage.final_artifact(self.module)
             path = atomic_torch_save(self.run_dir / name, payload)
-            print(f"{self.stage.kind}: wrote {path}")
+            folder = save_pretrained(self.run_dir / Path(name).stem, payload["kind"], payload["model"],
+                                     **{k: v for k, v in payload.items() if k not in ("kind", "model")})
+            print(f"{self.stage.kind}: wrote {path} and {folder}/ (model.safetensors + config.json)")
         barrier(self.info)
         return path

@@ -6,9 +6,8 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from utils.io import atomic_write_bytes
@@ -20,11 +19,12 @@ FIXED_COLUMNS = ("step", "lr", "time_s")
 class RunLogger:
     """Writes one CSV row per logged step; columns are fixed by the first row.
 
-    `enabled=False` (ranks other than 0) turns every method into a no-op.
+    `enabled=False` (ranks other than 0) turns every method into a no-op; `progress=False` keeps the
+    CSV and TensorBoard logs but shows no bar.
     """
 
     def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, desc: str = "train"):
+                 enabled: bool = True, desc: str = "train", progress: bool = True):
         self.enabled = enabled and run_dir is not None
         self.columns: list[str] | None = None
         self.start_time = time.time()
@@ -33,7 +33,8 @@ class RunLogger:
         if not self.enabled:
             return
         self.path = Path(run_dir) / CSV_NAME
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
         self.tb = _tensorboard_writer(Path(run_dir) / "tensorboard")
 
     def step(self, losses: dict[str, float]) -> None:
@@ -89,16 +90,8 @@ def read_log(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Write float images [N, 3, H, W] in [0, 1] as one PNG grid (rows of `nrow`), atomically."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    n, _, h, w = images.shape
-    cols = min(nrow, n)
-    rows = -(-n // cols)
-    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    pixels = (images.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)  # [N, H, W, 3]
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = pixels[i]
+    """Write float images [N, 3, H, W] in [0, 1] as one PNG grid (rows of `nrow`, no gaps), atomically."""
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=min(nrow, len(images)), padding=0)
     buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
+    save_image(grid, buf, format="PNG")  # [3, rows*H, cols*W]
     return atomic_write_bytes(path, buf.getvalue())

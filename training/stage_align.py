@@ -90,20 +90,21 @@ def scores(heads: AlignmentHeads, latents: torch.Tensor, image_index: torch.Tens
 
 
 def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[str],
-                  log: Callable[[str], None]) -> Path:
+                  log: Callable[[str], None], progress: bool = True) -> Path:
     data = load_stage_subject(cfg.data, subject, source)
     ckpt = str(resolve(subject_path(cfg.checkpoints.fmri, f"{source}: Checkpoints.fmri", subject), FMRI_FILE))
     model = load_fmri_autoencoder(ckpt, data)
     train_latents = fmri_latents(model, data.train_fmri)  # [N, Df]
     test_latents = fmri_latents(model, data.test_fmri)  # [T, Df]
-    train_feats = image_features(cfg.features, data.train_images, f"{data.dataset}_{subject}_train_images")
-    test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images")
+    train_feats = image_features(cfg.features, data.train_images, f"{data.dataset}_{subject}_train_images", progress)
+    test_feats = image_features(cfg.features, data.test_images, f"{data.dataset}_{subject}_test_images", progress)
     train_index = torch.as_tensor(data.train_image_index, dtype=torch.long)
     heads = AlignmentHeads.from_config(cfg.align).fit(train_latents, train_feats[train_index])
     heads.provenance = alignment_provenance(ckpt, to_dict(cfg.features))
     run_dir = new_run_dir(Path(subject_path(cfg.checkpoints.align, f"{source}: Checkpoints.align", subject)).parent,
                           run_name or cfg.name)
     heads.save(run_dir / FINAL_NAME)
+    heads.save_pretrained(run_dir / Path(FINAL_NAME).stem)
     report = {"subject": subject, "dataset": data.dataset, "fmri_checkpoint": ckpt,
               "features": to_dict(cfg.features), "heads": heads.describe(),
               "restandardize_uses_test_statistics": heads.restandardize,
@@ -118,9 +119,9 @@ def align_subject(cfg: LEAConfig, subject: str, source: str, run_name: Optional[
 
 
 def run_align(values: dict, source: str, info: DistInfo, run_name: Optional[str],
-              log: Callable[[str], None] = print) -> list[Path]:
+              log: Callable[[str], None] = print, progress: bool = True) -> list[Path]:
     """Fit and save the heads of every subject of Data.subjects (rank 0 only; closed form)."""
     cfg = config_from_dict(values, source, kind="lea")
     if not info.is_main:
         return []
-    return [align_subject(cfg, s, source, run_name, log) for s in cfg.data.subjects]
+    return [align_subject(cfg, s, source, run_name, log, progress) for s in cfg.data.subjects]

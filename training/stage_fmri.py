@@ -84,15 +84,15 @@ def fmri_config_for(values: dict, source: str, subject: str, data: SubjectData) 
     return cfg
 
 
-def image_features(features: FeatureConfig, images: np.ndarray, key: str) -> torch.Tensor:
+def image_features(features: FeatureConfig, images: np.ndarray, key: str, progress: bool = True) -> torch.Tensor:
     """Features [N, dim] of uint8 images [N, H, W, 3] from the configured backend (disk-cached)."""
     extractor = build_image_features_from_config(features)
     if extractor.dim != features.dim:
         raise ConfigError(describe("Features.dim", f"the backend's feature size {extractor.dim}", features.dim))
     if features.cache_dir:
-        return cached_features(extractor, images, features.cache_dir, key)
+        return cached_features(extractor, images, features.cache_dir, key, progress=progress)
     with tempfile.TemporaryDirectory() as tmp:
-        return cached_features(extractor, images, tmp, key)
+        return cached_features(extractor, images, tmp, key, progress=progress)
 
 
 class FMRITrials(Dataset):
@@ -226,7 +226,7 @@ class FMRIStage(Stage):
         features = None
         if use_features:
             key = f"{data.dataset}_{data.subject}_train_images"
-            features = image_features(cfg.features, data.train_images, key)
+            features = image_features(cfg.features, data.train_images, key, cfg.train.progress)
         self.train_set = FMRITrials(data.train_fmri, data.train_image_index, features)
         self.module = FMRITrainModule(model, cfg)
         self.test_fmri = torch.from_numpy(data.test_fmri[:NUM_SAMPLE_TRIALS].astype(np.float32))  # [n, V]

@@ -182,13 +182,13 @@ class MaskGITStage(Stage):
             pixels = resize_images(images, cfg.data.image_size)
             digest = tokens_digest(tok_hash, images, cfg.data.image_size)
             tokens.append(tokenize(self.tokenizer, pixels, cfg.features.cache_dir, f"tokens_{key}_{digest}"))
-            conds.append(image_features(cfg.features, images, key))
+            conds.append(image_features(cfg.features, images, key, cfg.train.progress))
         log(f"maskgit: {len(train_u8)} training images, {len(variants)} variant(s), "
             f"{tokens[0].shape[1]} tokens each")
         self.train_set = TokenSet(torch.stack(tokens), torch.stack(conds).float())
         self.sample_images = resize_images(test_u8[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
         self.sample_conditions = image_features(cfg.features, test_u8[:NUM_SAMPLE_IMAGES],
-                                                f"{cfg.data.dataset}_test_samples").float()
+                                                f"{cfg.data.dataset}_test_samples", cfg.train.progress).float()
         model = MaskGITTransformer(m)
         self.run_files: dict[str, str] = {}
         if cfg.init.transformer and cfg.init.checkpoint:

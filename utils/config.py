@@ -79,6 +79,7 @@ class TrainConfig:
     save_interval: int = 5000
     num_workers: int = 0
     out_dir: str = "checkpoints"
+    progress: bool = True  # tqdm bars (train.py --no-progress or a non-terminal stdout turn them off)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Safe file input and output: array readers, atomic writes, run folders, file hashes.
+"""Safe file input and output: array readers, atomic writes, run folders, file hashes; whether the
+console is a terminal.
 
 Nothing here ever writes over an existing result: run folders get a fresh
 time-stamped name, and single files are written to a temporary name in the same
@@ -39,6 +40,12 @@ def _cannot_write(path: Path, err: OSError) -> OutputError:
     where = err.filename or path
     return OutputError(describe(where, "a location this process can write to, with free space",
                                 f"{reason}"))
+
+
+def progress_wanted(requested: bool = True) -> bool:
+    """Progress bars only when asked for and both stdout and stderr are terminals: a log file or a
+    pipe gets plain lines instead of thousands of bar updates."""
+    return requested and sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def _atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:

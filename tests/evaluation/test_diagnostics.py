@@ -43,7 +43,7 @@ def test_every_stage_is_scored_and_drawn(god_subject, god_scorer):
     assert m["lea_decoded/handcrafted_pairwise_pcc"].value < 1.0
     assert m["lea_decoded/sample_diversity"].value > 0.3
     assert m["stimuli/sim_attribute_accuracy"].value == m["tokenizer_round_trip/sim_attribute_accuracy"].value
-    assert m["retrieval_baseline/sample_diversity"].skipped
+    assert "retrieval_baseline/sample_diversity" not in m and "tokenizer_round_trip/sample_diversity" not in m
     # retrieval shows the training image nearest to the predicted features
     nearest = nearest_training_images(predicted, train_features)[:, 0]
     expected = resize_images(god_subject.train_images[nearest], gt.shape[1:3])

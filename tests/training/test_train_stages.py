@@ -7,6 +7,7 @@ import torch
 
 import train
 from models.alignment import AlignmentHeads
+from models.maskgit import MaskGITTransformer
 from datasets.simulate import BOLD_DIR, GOD_DIR
 from training.engine import load_checkpoint
 from training.logger import read_log
@@ -128,6 +129,7 @@ def test_maskgit_stage_loss_falls_and_samples(sim_root, trained):
     assert (run / "samples" / "step_000050.png").is_file()
     final = torch.load(run / "maskgit.pt", weights_only=True)
     assert final["kind"] == "maskgit" and final["model_config"]["token_grid"] == 8
+    _same_weights(MaskGITTransformer.from_pretrained(run / "maskgit"), final["model"])
 
 
 def test_maskgit_checks_tokenizer_and_feature_sizes(sim_root, trained):
@@ -157,4 +159,36 @@ def test_align_stage_fits_heads_and_reports_scores(sim_root, trained, tmp_path):
     assert test["decoding"]["top1_chance"] == pytest.approx(1 / 10)
     assert 0.0 <= test["decoding"]["pairwise_identification"] <= 1.0
     assert report["restandardize_uses_test_statistics"] is True
-    assert AlignmentHeads.load(run / "align.pt").decoder.in_dim == 32
+    heads = AlignmentHeads.load(run / "align.pt")
+    assert heads.decoder.in_dim == 32
+    from_folder = AlignmentHeads.from_pretrained(run / "align")
+    latents = torch.randn(5, 32, dtype=torch.float64)
+    torch.testing.assert_close(from_folder.decode(latents), heads.decode(latents), rtol=1e-12, atol=1e-12)
+    assert from_folder.describe() == heads.describe()
+
+
+def _same_weights(loaded: torch.nn.Module, state: dict) -> None:
+    assert set(loaded.state_dict()) == set(state)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_every_final_model_file_has_a_hub_style_folder(trained, tmp_path):
+    from models.fmri_autoencoder import FMRIAutoencoder
+    from models.vqgan import VQGAN
+
+    for run, name, network in ((trained["fmri"], "fmri_autoencoder", FMRIAutoencoder),
+                               (trained["tokenizer"], "tokenizer", VQGAN)):
+        folder = run / name
+        assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json"}
+        final = torch.load(run / f"{name}.pt", weights_only=True)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["kind"] == final["kind"] and config["model_config"] == final["model_config"]
+        _same_weights(network.from_pretrained(folder), final["model"])
+        with pytest.raises(CheckpointError, match="never overwritten"):
+            network.from_pretrained(folder).save_pretrained(folder)
+    assert json.loads((trained["fmri"] / "fmri_autoencoder" / "config.json").read_text())["subject"] == "sbj_1"
+    with pytest.raises(CheckpointError, match="key 'kind'"):
+        VQGAN.from_pretrained(trained["fmri"] / "fmri_autoencoder")
+    with pytest.raises(CheckpointError, match="config.json"):
+        VQGAN.from_pretrained(tmp_path)

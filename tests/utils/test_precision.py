@@ -167,6 +167,16 @@ def test_models_agree_across_attention_kernels(maskgit, fmri_ae):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_vit_blocks_are_timm_blocks_following_the_kernel_switch(fmri_ae):
+    from timm.models.vision_transformer import Block
+
+    block = fmri_ae.blocks[0]
+    assert isinstance(block, Block) and block.attn.fused_attn
+    with attention_implementation("math"):
+        assert not block.attn.fused_attn
+    assert block.attn.fused_attn
+
+
 def test_unknown_attention_kernel_is_refused_and_restored():
     with pytest.raises(ValueError, match="flash"):
         with attention_implementation("flash"):
