@@ -23,7 +23,7 @@ from models.hub import PretrainedMixin
 from utils.config import register_model_config
 from utils.errors import ConfigError, DataError, describe
 
-NUM_GROUPS = 32  # GroupNorm groups
+NUM_GROUPS = 32  # GroupNorm groups of the release and the published tokenizer
 GROUP_NORM_EPS = 1e-5  # epsilon of every GroupNorm
 SAMPLE_FACTOR = 2  # spatial factor of each down- / up-sampling step
 
@@ -46,12 +46,19 @@ class VQGANConfig:
     num_codebook: int = 1024
     dim_codebook: int = 256
     with_tanh: bool = False  # squash decoder output with tanh (off: images in [0, 1])
+    # GroupNorm groups of every normalisation; changes no weight's name or shape. With as many groups
+    # as channels each channel is normalised on its own, which removes its image mean (small models).
+    norm_groups: int = NUM_GROUPS
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         if self.ch_latent != self.dim_codebook:
             raise ConfigError(describe("VQGAN dim_codebook", f"ch_latent = {self.ch_latent}",
                                        self.dim_codebook))
+        widths = sorted({self.ch_base * m for m in self.ch_mult})
+        if self.norm_groups < 1 or any(w % self.norm_groups for w in widths):
+            raise ConfigError(describe("VQGAN norm_groups", f"a positive divisor of every width {widths}",
+                                       self.norm_groups))
         if self.resolution % self.downsample_factor:
             raise ConfigError(describe("VQGAN resolution", f"a multiple of {self.downsample_factor}",
                                        self.resolution))
@@ -80,18 +87,18 @@ class VQGANConfig:
         return cls(**{k: v for k, v in model.items() if k in known})
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(NUM_GROUPS, channels, eps=GROUP_NORM_EPS)
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
 
 
 class ResBlock(nn.Module):
     """GN -> swish -> conv3x3 -> GN -> swish -> conv3x3 (no conv biases), with MaskGIT's shortcut."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, groups: int):
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = group_norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = group_norm(out_ch, groups)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.nin_shortcut = nn.Conv2d(out_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
 
@@ -119,9 +126,9 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution level: residual blocks (`block`), then optionally an `upsample` step."""
 
-    def __init__(self, in_ch: int, out_ch: int, num_blocks: int, upsample: bool = False):
+    def __init__(self, in_ch: int, out_ch: int, num_blocks: int, groups: int, upsample: bool = False):
         super().__init__()
-        self.block = nn.ModuleList(ResBlock(in_ch if i == 0 else out_ch, out_ch) for i in range(num_blocks))
+        self.block = nn.ModuleList(ResBlock(in_ch if i == 0 else out_ch, out_ch, groups) for i in range(num_blocks))
         self.upsample = Upsample(out_ch) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,10 +145,10 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [c.ch_base * m for m in c.ch_mult]
         self.conv_in = nn.Conv2d(c.in_ch, c.ch_base, 3, padding=1, bias=False)
-        self.down = nn.ModuleList(Level(([c.ch_base] + widths)[i], widths[i], c.num_res_blocks)
+        self.down = nn.ModuleList(Level(([c.ch_base] + widths)[i], widths[i], c.num_res_blocks, c.norm_groups)
                                   for i in range(len(widths)))
-        self.mid = nn.ModuleList(ResBlock(widths[-1], widths[-1]) for _ in range(c.num_res_mids))
-        self.norm_out = group_norm(widths[-1])
+        self.mid = nn.ModuleList(ResBlock(widths[-1], widths[-1], c.norm_groups) for _ in range(c.num_res_mids))
+        self.norm_out = group_norm(widths[-1], c.norm_groups)
         self.conv_out = nn.Conv2d(widths[-1], c.ch_latent, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +170,11 @@ class Decoder(nn.Module):
         widths = [c.ch_base * m for m in reversed(c.ch_mult)]  # coarsest first
         self.with_tanh = c.with_tanh
         self.conv_in = nn.Conv2d(c.ch_latent, widths[0], 3, padding=1)
-        self.mid = nn.ModuleList(ResBlock(widths[0], widths[0]) for _ in range(c.num_res_mids))
-        self.up = nn.ModuleList(Level(widths[max(i - 1, 0)], width, c.num_res_blocks,
+        self.mid = nn.ModuleList(ResBlock(widths[0], widths[0], c.norm_groups) for _ in range(c.num_res_mids))
+        self.up = nn.ModuleList(Level(widths[max(i - 1, 0)], width, c.num_res_blocks, c.norm_groups,
                                       upsample=i < len(widths) - 1)
                                 for i, width in enumerate(widths))
-        self.norm_out = group_norm(widths[-1])
+        self.norm_out = group_norm(widths[-1], c.norm_groups)
         self.conv_out = nn.Conv2d(widths[-1], c.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

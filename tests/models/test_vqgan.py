@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.vqgan import VQGAN, ResBlock, VQGANConfig
+from models.vqgan import NUM_GROUPS, VQGAN, ResBlock, VQGANConfig
 from utils.errors import ConfigError, DataError
 
 
@@ -24,6 +24,31 @@ def model():
 def test_paper_config_grid():
     c = VQGANConfig()
     assert c.downsample_factor == 16 and c.token_grid == 16
+    assert c.norm_groups == 32  # the release's GroupNorm
+
+
+def test_norm_groups_change_no_weight_name_or_shape():
+    default, fewer = VQGAN(tiny_config()), VQGAN(tiny_config(norm_groups=8))
+    assert {k: v.shape for k, v in default.state_dict().items()} == \
+           {k: v.shape for k, v in fewer.state_dict().items()}
+    fewer.load_state_dict(default.state_dict(), strict=True)
+    groups = {m.num_groups for m in fewer.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8}
+
+
+def test_per_channel_groups_remove_each_channels_mean_and_fewer_groups_keep_it():
+    """Why small demo tokenizers use fewer groups: one channel per group erases a channel's mean."""
+    x = torch.randn(1, 32, 4, 4) + torch.arange(32.0)[None, :, None, None]
+    per_channel = torch.nn.GroupNorm(32, 32, affine=False)(x)
+    grouped = torch.nn.GroupNorm(8, 32, affine=False)(x)
+    assert per_channel.mean(dim=(2, 3)).abs().max() < 1e-5
+    assert grouped.mean(dim=(2, 3)).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("groups", [0, 5])
+def test_norm_groups_must_divide_every_width(groups):
+    with pytest.raises(ConfigError, match="norm_groups"):
+        tiny_config(norm_groups=groups)
 
 
 def test_shapes(model):
@@ -64,7 +89,7 @@ def test_residual_block_shortcut_quirk():
     """Width change: out = h + nin_shortcut(h), the input is not added; same width: out = x + h."""
     torch.manual_seed(0)
     x = torch.randn(2, 32, 4, 4)
-    widen, keep = ResBlock(32, 64), ResBlock(32, 32)
+    widen, keep = ResBlock(32, 64, NUM_GROUPS), ResBlock(32, 32, NUM_GROUPS)
     with torch.no_grad():
         widen.conv2.weight.zero_()
         keep.conv2.weight.zero_()
