@@ -15,8 +15,8 @@ guidance scale without the test set).
   that between samples of different images, and the mean feature correlation of two samples of
   one image.
 
-    python bench/eval_image_side.py --tokenizer checkpoints/demo/tokenizer/tokenizer.pt \
-        --maskgit checkpoints/demo/maskgit/maskgit.pt [--guidance 2] [--out eval.json --png eval.png]
+    python bench/eval_image_side.py --tokenizer demo_weights/tokenizer.pt \
+        --maskgit demo_weights/maskgit.pt [--guidance 2] [--out eval.json --png eval.png]
 
 Features and data come from `--config` (default: the demo's LEA config, simulated GOD).
 """

@@ -4,12 +4,13 @@ Everything lives at fixed places so that a second demo run reuses it:
 
     dataset/simulated/                       python -m datasets.simulate --scale demo
     checkpoints/demo/fmri/<subject>/fmri_autoencoder.pt
-    checkpoints/demo/tokenizer/tokenizer.pt
-    checkpoints/demo/maskgit/maskgit.pt      (paths from the demo LEA config's Checkpoints section;
-                                             a file that a MANIFEST.json beside it lists is checked
-                                             against its sha256 first, see inference/demo_weights.py)
+    demo_weights/tokenizer.pt
+    demo_weights/maskgit.pt                  (paths from the demo LEA config's Checkpoints section;
+                                             shipped with the project: a file that a MANIFEST.json
+                                             beside it lists is checked against its sha256 first,
+                                             and is never retrained, see inference/demo_weights.py)
 
-Each missing weight is trained by `train.py` into its own time-stamped run folder; its
+Each other missing weight is trained by `train.py` into its own time-stamped run folder; its
 final file is then linked to the stable path only when nothing is there yet, so
 an existing demo weight is never replaced.
 
@@ -26,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from inference.demo_weights import MANIFEST_NAME, verify_shipped
+from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, shipped_but_missing, verify_shipped
 from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path
-from utils.errors import ConfigError, LEAError, describe
+from utils.errors import CheckpointError, ConfigError, LEAError, describe
 
 DEMO_SIM_ROOT = Path("dataset/simulated")
 DEMO_SCALE = "demo"
@@ -96,6 +97,10 @@ def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
         shipped = verify_shipped(stable)
         log(f"demo: using {stable}" + (f" (shipped; sha256 matches {stable.parent / MANIFEST_NAME})" if shipped else ""))
         return
+    if shipped_but_missing(stable):
+        raise CheckpointError(describe(stable, f"the shipped demo {stage} weights that {stable.parent / MANIFEST_NAME} "
+                                       "lists", f"no such file; restore it (git checkout -- {stable}) or "
+                                       f"{REGENERATE_HINT}"))
     started = time.time()
     final = train_stage(stage, config, overrides, log, progress)
     placed = place_without_overwrite(final, stable)

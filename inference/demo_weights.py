@@ -1,21 +1,24 @@
-"""Packaged demo image-side weights (tokenizer and MaskGIT): manifest, check, regeneration.
+"""The demo's shipped image-side weights (tokenizer and MaskGIT): manifest, check, shipping, regeneration.
 
-The route for a demo whose image side cannot learn within `make demo`'s 5 minutes on a 2-core CPU:
-ship the two files `train.py` produced from the committed demo configs together with a manifest,
+The demo image side learns too slowly for `make demo`'s 5 minutes on a 2-core CPU, so the project
+ships the two files `train.py` produced from the committed demo configs, with a manifest:
 
-    <folder>/tokenizer.pt     python train.py tokenizer --config configs/demo/tokenizer.yaml
-    <folder>/maskgit.pt       python train.py maskgit --config configs/demo/maskgit.yaml \
-                                  --set Init.tokenizer=<that run>/tokenizer.pt
-    <folder>/MANIFEST.json    per file: sha256, bytes, the exact command, its config and the
-                              config's sha256
+    demo_weights/tokenizer.pt     python train.py tokenizer --config configs/demo/tokenizer.yaml
+    demo_weights/maskgit.pt       python train.py maskgit --config configs/demo/maskgit.yaml \
+                                      --set Init.tokenizer=demo_weights/tokenizer.pt
+    demo_weights/MANIFEST.json    per file: sha256, bytes, the exact command, its config and that
+                                  config's sha256, the run, its training time and the data command
 
-and point the demo LEA configs' Checkpoints at them. Before the demo uses a weight file that a
-manifest in its folder lists, its sha256 is checked (`verify_shipped`). The fMRI autoencoder and the
-alignment heads are always trained by the demo.
+The demo LEA configs' Checkpoints name them. Before the demo uses a weight file that a manifest in
+its folder lists, its sha256 is checked (`verify_shipped`); a listed file that is missing is an
+error, not a silent retraining. The fMRI autoencoder and the alignment heads are always trained by
+the demo.
 
-No image-side weights are shipped yet (the demo trains its own, see README): `make demo-train`
-(`python -m inference.demo_weights`) trains both from scratch into a new folder
-`checkpoints/demo/image_side_<date-time>/` with its manifest (nothing existing is replaced).
+`make demo-train` (`python -m inference.demo_weights`) trains both from scratch with the committed
+configs into a new folder `checkpoints/demo/image_side_<date-time>/` with its manifest (nothing
+existing is replaced; about an hour on one CPU thread; equivalent weights, not bit-identical ones).
+`python -m inference.demo_weights --ship TOKENIZER_RUN MASKGIT_RUN` copies two runs into
+demo_weights/ after checking that each was trained with its committed config (`ship`).
 """
 from __future__ import annotations
 
@@ -30,13 +33,14 @@ from typing import Callable
 from utils.errors import CheckpointError, describe
 from utils.io import atomic_write_text, file_sha256, new_run_dir
 
-SHIPPED_DIR = Path("demo_weights")  # where shipped files would go (none are shipped yet)
+SHIPPED_DIR = Path("demo_weights")  # the shipped files and their manifest
 MANIFEST_NAME = "MANIFEST.json"
 MAX_TOTAL_BYTES = 20 * 1024 * 1024  # the shipped image-side weights stay under 20 MB
 RETRAIN_ROOT = Path("checkpoints/demo")
 RETRAIN_NAME = "image_side"
 STAGES = (("tokenizer", "configs/demo/tokenizer.yaml", "tokenizer.pt"),
           ("maskgit", "configs/demo/maskgit.yaml", "maskgit.pt"))
+DATA_COMMAND = "python -m datasets.simulate --out dataset/simulated --scale demo (seed 0)"
 REGENERATE_HINT = "make demo-train (python -m inference.demo_weights) regenerates them"
 
 
@@ -69,6 +73,14 @@ def verify_shipped(path: str | Path) -> bool:
     return True
 
 
+def shipped_but_missing(path: str | Path) -> bool:
+    """True when a manifest beside `path` lists it but the file itself is not there."""
+    path = Path(path)
+    if path.is_file() or not (path.parent / MANIFEST_NAME).is_file():
+        return False
+    return path.name in read_manifest(path.parent)["files"]
+
+
 def write_manifest(folder: Path, files: dict[str, dict], note: str) -> Path:
     """Manifest of the weight files in `folder`: {name: {'command', 'config', ...}} plus sha256 and bytes."""
     records = {}
@@ -84,11 +96,22 @@ def write_manifest(folder: Path, files: dict[str, dict], note: str) -> Path:
     return atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
 
 
+def prepare_data(log: Callable[[str], None] = print) -> None:
+    """The images the image side trains on: the simulated demo stimuli, made when missing."""
+    from datasets.simulate import GROUND_TRUTH_DIR, simulate
+    from inference.demo import DEMO_SCALE, DEMO_SIM_ROOT
+
+    if not (DEMO_SIM_ROOT / GROUND_TRUTH_DIR).is_dir():
+        log(f"demo weights: simulating the demo data ({DATA_COMMAND})")
+        simulate(DEMO_SIM_ROOT, scale=DEMO_SCALE)
+
+
 def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -> Path:
     """Train the tokenizer, then MaskGIT on its tokens, from the committed demo configs; copy both final
     files into a new folder under `out_root` with their manifest; return that folder."""
     from inference.demo import train_stage
 
+    prepare_data(log)
     finals, files = {}, {}
     for stage, config, name in STAGES:
         overrides = [f"Init.tokenizer={finals['tokenizer']}"] if stage == "maskgit" else []
@@ -96,7 +119,8 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
         finals[stage] = train_stage(stage, config, overrides, log)
         command = " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
         files[name] = {"command": command, "config": config,
-                       "extra": {"trained_seconds": round(time.time() - started), "run": str(finals[stage].parent)}}
+                       "extra": {"trained_seconds": round(time.time() - started), "run": str(finals[stage].parent),
+                                 "data": DATA_COMMAND}}
     folder = new_run_dir(out_root, RETRAIN_NAME)
     for stage, _, name in STAGES:
         shutil.copyfile(finals[stage], folder / name)
@@ -104,16 +128,87 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
     return folder
 
 
+# keys a shipped run may differ in from its committed config: where it wrote, whether it drew progress
+# bars, and (MaskGIT) which copy of the tokenizer it read
+RUN_ONLY_KEYS = {"tokenizer": {"Train.out_dir", "Train.progress"},
+                 "maskgit": {"Train.out_dir", "Train.progress", "Init.tokenizer"}}
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_run_matches_config(run: Path, stage: str, config: str) -> None:
+    """The run's resolved config.yaml must equal the committed config resolved (but for RUN_ONLY_KEYS)."""
+    import models  # noqa: F401  (registers the Model schemas)
+    from utils.config import config_from_dict, read_yaml, to_dict
+
+    ran = _flat(read_yaml(run / "config.yaml"))
+    committed = _flat(to_dict(config_from_dict(read_yaml(config), config, kind=stage)))
+    differ = sorted(k for k in set(ran) | set(committed)
+                    if k not in RUN_ONLY_KEYS[stage] and ran.get(k) != committed.get(k))
+    if differ:
+        raise CheckpointError(describe(f"{run / 'config.yaml'}", f"the settings of {config}",
+                                       {k: (ran.get(k), committed.get(k)) for k in differ[:8]}))
+
+
+def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str = "") -> Path:
+    """Copy the final files of the `train.py` runs {stage: run folder} into `dest` with their manifest.
+    Each run must have been trained from the committed config (check_run_matches_config); nothing in
+    `dest` is replaced (a file already there must be a copy of the run's: MaskGIT may have been trained
+    on the tokenizer's copy in `dest`); the total stays under MAX_TOTAL_BYTES."""
+    finals = {stage: Path(runs[stage]) / name for stage, _, name in STAGES}
+    for stage, config, name in STAGES:
+        if not finals[stage].is_file():
+            raise CheckpointError(describe(finals[stage], f"the final {name} of a {stage} run", "no such file"))
+        check_run_matches_config(Path(runs[stage]), stage, config)
+        if (dest / name).exists() and file_sha256(dest / name) != file_sha256(finals[stage]):
+            raise CheckpointError(describe(dest / name, "no file, or a copy of the run's (shipped weights are never "
+                                           "replaced in place)", "another file; remove the shipped files first (git rm)"))
+    total = sum(f.stat().st_size for f in finals.values())
+    if total > MAX_TOTAL_BYTES:
+        raise CheckpointError(describe("demo image-side weights", f"at most {MAX_TOTAL_BYTES} bytes in all", total))
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for stage, config, name in STAGES:
+        if not (dest / name).exists():
+            shutil.copyfile(finals[stage], dest / name)
+        overrides = [f"Init.tokenizer={dest / 'tokenizer.pt'}"] if stage == "maskgit" else []
+        command = " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
+        log = (Path(runs[stage]) / "log.csv").read_text().strip().splitlines()
+        seconds = float(log[-1].split(",")[log[0].split(",").index("time_s")]) if len(log) > 1 else None
+        files[name] = {"command": command, "config": config,
+                       "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds, "data": data_command}}
+    write_manifest(dest, files, note="trained by train.py from the committed demo configs, one CPU thread")
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Regenerate the demo's image-side weights (tokenizer, MaskGIT) "
                                             "from the committed demo configs")
     p.add_argument("--out", default=str(RETRAIN_ROOT), help="the new folder is made under this one")
+    p.add_argument("--ship", nargs=2, metavar=("TOKENIZER_RUN", "MASKGIT_RUN"),
+                   help=f"instead of training: copy these two train.py runs' final files into {SHIPPED_DIR}/ "
+                        "with a manifest (each run must match its committed config)")
+    p.add_argument("--data-command", default=DATA_COMMAND,
+                   help="how the training images were made (manifest)")
     args = p.parse_args(argv)
+    if args.ship:
+        folder = ship(dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))), data_command=args.data_command)
+        print(f"demo weights: shipped into {folder} ({MANIFEST_NAME} lists the files and commands)")
+        return 0
     folder = retrain(Path(args.out))
     print(f"demo weights: wrote {folder} ({MANIFEST_NAME} lists the files and commands).\n"
           f"Use them: python LEA_GOD.py --demo --tokenizer-ckpt {folder / 'tokenizer.pt'} "
           f"--maskgit-ckpt {folder / 'maskgit.pt'}\n"
-          f"Ship them: copy the three files over {SHIPPED_DIR}/")
+          f"Ship them: git rm {SHIPPED_DIR}/*, then python -m inference.demo_weights --ship "
+          f"{' '.join(read_manifest(folder)['files'][name]['run'] for _, _, name in STAGES)}")
     return 0
 
 

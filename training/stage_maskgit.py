@@ -46,7 +46,7 @@ from training.stage_fmri import image_features
 from training.stage_tokenizer import FINAL_NAME as TOKENIZER_FILE, check_image_size, resize_images, stimulus_images
 from utils.config import MaskGITLossConfig, MaskGITStageConfig, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
-from utils.io import atomic_save_npy, file_sha256, read_cache
+from utils.io import atomic_save_npy, file_sha256, progress_wanted, read_cache
 from utils.run_files import resolve
 
 KIND = "maskgit"
@@ -173,7 +173,7 @@ class MaskGITStage(Stage):
             raise ConfigError(describe(f"{source}: Model.token_grid / Model.num_codebook",
                                        f"the tokenizer's {t.token_grid} / {t.num_codebook} ({cfg.init.tokenizer})",
                                        f"{m.token_grid} / {m.num_codebook}"))
-        train_u8, test_u8, _ = stimulus_images(cfg.data, source)
+        train_u8, test_u8, _ = stimulus_images(cfg.data, source, progress_wanted(cfg.train.progress))
         variants = [train_u8, train_u8[:, :, ::-1].copy()] if cfg.data.flip else [train_u8]
         tok_hash = file_sha256(cfg.init.tokenizer)[:CACHE_HASH_CHARS]
         tokens, conds = [], []

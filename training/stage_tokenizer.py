@@ -44,6 +44,7 @@ from training.optim import param_groups
 from training.stage_fmri import load_stage_subject
 from utils.config import DataConfig, TokenizerConfig, TrainConfig, to_dict
 from utils.errors import CheckpointError, ConfigError, DataError, describe
+from utils.io import progress_wanted
 
 KIND = "tokenizer"
 FINAL_NAME = "tokenizer.pt"
@@ -77,21 +78,22 @@ def _unique_images(arrays: list[np.ndarray], exclude: set[bytes] = frozenset()) 
     return np.stack(kept), seen
 
 
-def folder_images(data: DataConfig) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
+def folder_images(data: DataConfig, progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
     """Data.image_folder: its distinct images; the last NUM_SAMPLE_IMAGES are held out as samples."""
-    images, _ = _unique_images([load_image_folder(data.image_folder, data.image_size)])
+    images, _ = _unique_images([load_image_folder(data.image_folder, data.image_size, progress)])
     if len(images) <= NUM_SAMPLE_IMAGES:
         raise DataError(describe(f"{data.image_folder} (Data.image_folder)",
                                  f"more than {NUM_SAMPLE_IMAGES} distinct images", len(images)))
     return images[:-NUM_SAMPLE_IMAGES], images[-NUM_SAMPLE_IMAGES:], []
 
 
-def stimulus_images(data: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
+def stimulus_images(data: DataConfig, source: str,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[SubjectData]]:
     """Train and test images (uint8) over Data.subjects: each distinct image once (subjects share
     stimuli), and no test image among the training images (a BOLD5000 subject's training images may
     hold another's test images). With Data.image_folder, that folder's images instead (folder_images)."""
     if data.image_folder:
-        return folder_images(data)
+        return folder_images(data, progress)
     subjects = [load_stage_subject(data, s, source) for s in data.subjects]
     test, test_digests = _unique_images([d.test_images for d in subjects])
     train, _ = _unique_images([d.train_images for d in subjects], exclude=test_digests)
@@ -213,7 +215,7 @@ class TokenizerStage(Stage):
     def __init__(self, cfg: TokenizerConfig, source: str, log: Callable[[str], None] = print):
         self.config = cfg
         check_image_size(cfg.data, cfg.model, source)
-        train_images, test_images, _ = stimulus_images(cfg.data, source)
+        train_images, test_images, _ = stimulus_images(cfg.data, source, progress_wanted(cfg.train.progress))
         vqgan = VQGAN(cfg.model)
         self.train_set = ImageSet(resize_images(train_images, cfg.data.image_size), cfg.data.flip)
         if cfg.init.checkpoint:

@@ -20,3 +20,78 @@ def test_a_changed_file_is_refused(tmp_path):
         verify_shipped(tmp_path / "a.pt")
     shutil.copyfile(tmp_path / "a.pt", tmp_path / "b.pt")
     assert not verify_shipped(tmp_path / "b.pt")  # not listed: nothing to check
+
+
+# ---------------------------------------------------------------------------
+# The shipped files themselves
+# ---------------------------------------------------------------------------
+
+def shipped_manifest():
+    from inference.demo_weights import SHIPPED_DIR, read_manifest
+
+    return SHIPPED_DIR, read_manifest(SHIPPED_DIR)
+
+
+def test_shipped_weights_match_their_manifest_and_stay_small():
+    from inference.demo_weights import MAX_TOTAL_BYTES, STAGES
+    from utils.io import file_sha256
+
+    folder, manifest = shipped_manifest()
+    assert sorted(manifest["files"]) == sorted(name for _, _, name in STAGES)
+    total = 0
+    for name, record in manifest["files"].items():
+        assert verify_shipped(folder / name)             # sha256 checked against the manifest
+        assert (folder / name).stat().st_size == record["bytes"]
+        total += record["bytes"]
+        # trained from the committed config as it is now (a later edit must retrain and re-ship)
+        assert file_sha256(record["config"]) == record["config_sha256"], record["config"]
+        assert record["command"].startswith(f"python train.py {name.split('.')[0]} --config {record['config']}")
+    assert total == manifest["total_bytes"] <= MAX_TOTAL_BYTES
+
+
+def test_shipped_weights_load_with_the_committed_demo_configs():
+    import models  # noqa: F401
+    from models.lea import load_trained_network
+    from utils.config import load_config, to_dict
+
+    folder, manifest = shipped_manifest()
+    for name, record in manifest["files"].items():
+        stage = name.split(".")[0]
+        network = load_trained_network(stage, folder / name)
+        committed = load_config(record["config"], kind=stage)
+        assert to_dict(network.config) == to_dict(committed.model)
+    for lea in ("configs/demo/LEA_GOD.yaml", "configs/demo/LEA_BOLD.yaml"):
+        cfg = load_config(lea)
+        assert (cfg.checkpoints.tokenizer, cfg.checkpoints.maskgit) == (str(folder / "tokenizer.pt"),
+                                                                        str(folder / "maskgit.pt"))
+
+
+def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):
+    from inference.demo import ensure_weight
+
+    (tmp_path / "tokenizer.pt").write_bytes(b"weights")
+    config = tmp_path / "tokenizer.yaml"
+    config.write_text("KIND: tokenizer\n")
+    write_manifest(tmp_path, {"tokenizer.pt": {"command": "python train.py tokenizer", "config": str(config)}},
+                   note="test")
+    (tmp_path / "tokenizer.pt").unlink()
+    with pytest.raises(CheckpointError, match="git checkout"):
+        ensure_weight("tokenizer", tmp_path / "tokenizer.pt", str(config), [], log=lambda _: None)
+
+
+def test_ship_refuses_runs_not_trained_from_the_committed_config(tmp_path):
+    import yaml
+
+    import models  # noqa: F401
+    from inference.demo_weights import check_run_matches_config
+    from utils.config import config_from_dict, read_yaml, to_dict
+
+    config = "configs/demo/tokenizer.yaml"
+    values = to_dict(config_from_dict(read_yaml(config), config, kind="tokenizer"))
+    values["Train"]["out_dir"] = str(tmp_path)             # where a run wrote may differ
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    check_run_matches_config(tmp_path, "tokenizer", config)
+    values["Train"]["max_steps"] += 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(CheckpointError, match="Train.max_steps"):
+        check_run_matches_config(tmp_path, "tokenizer", config)
