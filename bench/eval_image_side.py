@@ -13,7 +13,12 @@ guidance scale without the test set).
   test image (each sample scored on its own), at `--guidance` (classifier-free guidance scale);
 - diversity: mean RMS pixel difference (0-1 scale) between two samples of the same image, next to
   that between samples of different images, and the mean feature correlation of two samples of
-  one image.
+  one image;
+- condition probe (simulated data): how much of each category attribute the condition itself
+  carries, i.e. the test accuracy of a linear softmax read-out of each attribute (shape, palette, ...)
+  from the features MaskGIT is conditioned on, fitted on the training images' features (the
+  semantic classifier's regression, evaluation/semantic_sim.py). An attribute the condition does
+  not carry cannot be drawn for a category MaskGIT has not seen.
 
     python bench/eval_image_side.py --tokenizer demo_weights/tokenizer.pt \
         --maskgit demo_weights/maskgit.pt [--guidance 2] [--out eval.json --png eval.png]
@@ -37,6 +42,8 @@ import models  # noqa: E402,F401  (registers the Model schemas)
 from datasets import load_subject  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from evaluation.figures import sample_grid  # noqa: E402
+from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, STD_FLOOR, find_categories_file,  # noqa: E402
+                                     fit_softmax_regression, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
@@ -72,6 +79,26 @@ def diversity(images: np.ndarray, feats: torch.Tensor) -> dict:
             "feature_corr_within_image": float(np.mean(corr))}
 
 
+def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats: torch.Tensor) -> dict:
+    """Per attribute: test accuracy of a linear read-out fitted on the training images' conditions
+    [N, D] and applied to the test stimuli's [T, D], with its chance."""
+    path = find_categories_file(data_path)
+    if path is None:
+        return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
+    categories = read_categories(path)
+    train_cat, test_cat = stimulus_categories(data, categories, path.parent)
+    mean, std = train_feats.double().mean(0), train_feats.double().std(0).clamp_min(STD_FLOOR)
+    x_train = ((train_feats.double() - mean) / std).numpy()  # [N, D]
+    x_test = ((test_feats.double() - mean) / std).numpy()  # [T, D]
+    out = {}
+    for a, (name, k) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES)):
+        y_train = np.array([categories[int(c)][name] for c in train_cat])
+        y_test = np.array([categories[int(c)][name] for c in test_cat])
+        w, b = fit_softmax_regression(x_train, y_train, k)
+        out[name] = {"accuracy": float(((x_test @ w + b).argmax(1) == y_test).mean()), "chance": 1.0 / k}
+    return out
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -88,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "without looking at the test set)")
     p.add_argument("--count", type=int, default=25, help="training images scored with --split train")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe", action="store_true", help="also the condition probe (simulated data, test split)")
     p.add_argument("--set", action="append", default=[], help="config override Section.key=value")
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--png", help="write ground truth | round trip | samples rows here")
@@ -118,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
               "codes_in_use": used, "codebook_size": tokenizer.config.num_codebook,
               "codes_in_use_fraction": used / tokenizer.config.num_codebook, "code_perplexity": perplexity,
               "round_trip": identification(gt_feats, rt_feats[:, None], test_u8, rt[:, None])}
+    if args.probe:
+        result["condition_probe"] = condition_probe(data, cfg.data.path, features_of(extractor, data.train_images),
+                                                    features_of(extractor, data.test_images))
     columns = [rt[:, None]]
     if args.maskgit:
         maskgit = load_trained_network("maskgit", args.maskgit)
