@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
               "codes_in_use_fraction": used / tokenizer.config.num_codebook, "code_perplexity": perplexity,
               "round_trip": identification(gt_feats, rt_feats[:, None], test_u8, rt[:, None])}
     if args.probe:
+        test_conditions = conditions if args.split == "test" else features_of(extractor, data.test_images)
         result["condition_probe"] = condition_probe(data, cfg.data.path, features_of(extractor, data.train_images),
-                                                    features_of(extractor, data.test_images))
+                                                    test_conditions)
     columns = [rt[:, None]]
     if args.maskgit:
         maskgit = load_trained_network("maskgit", args.maskgit)

@@ -44,6 +44,11 @@ DATA_COMMAND = "python -m datasets.simulate --out dataset/simulated --scale demo
 REGENERATE_HINT = "make demo-train (python -m inference.demo_weights) regenerates them"
 
 
+def train_command(stage: str, config: str, overrides: list[str]) -> str:
+    """The `train.py` command line a manifest records for a stage."""
+    return " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
+
+
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
@@ -117,8 +122,7 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
         overrides = [f"Init.tokenizer={finals['tokenizer']}"] if stage == "maskgit" else []
         started = time.time()
         finals[stage] = train_stage(stage, config, overrides, log)
-        command = " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
-        files[name] = {"command": command, "config": config,
+        files[name] = {"command": train_command(stage, config, overrides), "config": config,
                        "extra": {"trained_seconds": round(time.time() - started), "run": str(finals[stage].parent),
                                  "data": DATA_COMMAND}}
     folder = new_run_dir(out_root, RETRAIN_NAME)
@@ -134,23 +138,14 @@ RUN_ONLY_KEYS = {"tokenizer": {"Train.out_dir", "Train.progress"},
                  "maskgit": {"Train.out_dir", "Train.progress", "Init.tokenizer"}}
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_run_matches_config(run: Path, stage: str, config: str) -> None:
     """The run's resolved config.yaml must equal the committed config resolved (but for RUN_ONLY_KEYS)."""
     import models  # noqa: F401  (registers the Model schemas)
+    from training.engine import flatten_config
     from utils.config import config_from_dict, read_yaml, to_dict
 
-    ran = _flat(read_yaml(run / "config.yaml"))
-    committed = _flat(to_dict(config_from_dict(read_yaml(config), config, kind=stage)))
+    ran = flatten_config(read_yaml(run / "config.yaml"))
+    committed = flatten_config(to_dict(config_from_dict(read_yaml(config), config, kind=stage)))
     differ = sorted(k for k in set(ran) | set(committed)
                     if k not in RUN_ONLY_KEYS[stage] and ran.get(k) != committed.get(k))
     if differ:
@@ -163,6 +158,8 @@ def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str = ""
     Each run must have been trained from the committed config (check_run_matches_config); nothing in
     `dest` is replaced (a file already there must be a copy of the run's: MaskGIT may have been trained
     on the tokenizer's copy in `dest`); the total stays under MAX_TOTAL_BYTES."""
+    from training.logger import read_log
+
     finals = {stage: Path(runs[stage]) / name for stage, _, name in STAGES}
     for stage, config, name in STAGES:
         if not finals[stage].is_file():
@@ -180,10 +177,9 @@ def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str = ""
         if not (dest / name).exists():
             shutil.copyfile(finals[stage], dest / name)
         overrides = [f"Init.tokenizer={dest / 'tokenizer.pt'}"] if stage == "maskgit" else []
-        command = " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
-        log = (Path(runs[stage]) / "log.csv").read_text().strip().splitlines()
-        seconds = float(log[-1].split(",")[log[0].split(",").index("time_s")]) if len(log) > 1 else None
-        files[name] = {"command": command, "config": config,
+        rows = read_log(runs[stage])
+        seconds = rows[-1].get("time_s") if rows else None
+        files[name] = {"command": train_command(stage, config, overrides), "config": config,
                        "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds, "data": data_command}}
     write_manifest(dest, files, note="trained by train.py from the committed demo configs, one CPU thread")
     return dest

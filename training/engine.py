@@ -161,18 +161,19 @@ RESUME_MAY_CHANGE = ("Train.max_steps", "Train.out_dir", "Train.log_interval", "
                      "Train.save_interval", "Train.num_workers", "Data.path", "Features.cache_dir", "Init.*")
 
 
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config values -> {'Section.key': value} (tuples as lists, as YAML reads them back)."""
     if isinstance(values, dict):
         out = {}
         for key, value in values.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_config(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: list(values) if isinstance(values, tuple) else values}
 
 
 def resume_changes(saved: dict, current: dict) -> list[str]:
     """'Key: saved X, now Y' for each setting that differs and that a resumed run cannot honour."""
-    before, after = _flatten(saved), _flatten(current)
+    before, after = flatten_config(saved), flatten_config(current)
     allowed = [p[:-1] if p.endswith("*") else p for p in RESUME_MAY_CHANGE]
     changes = []
     for key in sorted(set(before) | set(after)):
