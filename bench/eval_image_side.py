@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402,F401  (registers the Model schemas)
 from datasets import load_subject  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
-from evaluation.figures import sample_grid  # noqa: E402
+from evaluation.figures import column_grid  # noqa: E402
 from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, STD_FLOOR, find_categories_file,  # noqa: E402
                                      fit_softmax_regression, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         test_conditions = conditions if args.split == "test" else features_of(extractor, data.test_images)
         result["condition_probe"] = condition_probe(data, cfg.data.path, features_of(extractor, data.train_images),
                                                     test_conditions)
-    columns = [rt[:, None]]
+    columns = [("ground truth", test_u8), ("round trip", rt)]
     if args.maskgit:
         maskgit = load_trained_network("maskgit", args.maskgit)
         s = cfg.sampling
@@ -168,12 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
                        "guidance_scale": guidance, "num_samples": args.num_samples,
                        "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),
                        "diversity": diversity(images, feats)})
-        columns.append(images)
+        columns += [(f"sample {k + 1}", images[:, k]) for k in range(args.num_samples)]
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     if args.png:
-        sample_grid(test_u8, np.concatenate(columns, axis=1)).save(args.png)
+        column_grid(columns).save(args.png)
     return result
 
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from tqdm import tqdm
 from datasets import bold5000 as bold
 from datasets import god
 from utils.errors import ConfigError, describe
-from utils.io import progress_wanted
+from utils.io import progress_wanted, staged_folder
 from utils.guard import RunFolders, guarded
 
 GENERATOR = "datasets.simulate"
@@ -692,9 +690,7 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
     for leftover in clean_leftovers(out):
         print(f"note: removed {leftover}, left behind by an interrupted earlier run", file=sys.stderr)
     _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as work:
         gt = work / GROUND_TRUTH_DIR
         n_god = spec.god_train_categories + spec.god_test_categories
         cats = make_categories(_rng(seed, STREAM_CATEGORIES), n_god + spec.bold_categories)
@@ -711,16 +707,6 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
                     "fmri_dtype": np.dtype(FMRI_DTYPE).name, "GOD": god_info, "BOLD5000": bold_info,
                     "noise_ratio_range": NOISE_RATIO_RANGE, "scale_spec": asdict(spec)}
         (gt / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(work, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out
 
 

@@ -38,8 +38,7 @@ from scipy.special import logsumexp
 from datasets.common import SubjectData
 from datasets.simulate import ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
 from evaluation.metrics import STIMULI_CEILING, Metric, n_way_top1, skipped
-from models.image_features import (GABOR_GRID, GABOR_ORIENTATIONS, GABOR_PLANES, GABOR_SCALES, HandcraftedFeatures,
-                                   features_of)
+from models.image_features import GABOR_GRID, HandcraftedFeatures, features_of
 from utils.errors import DataError, describe
 
 ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # shape, palette, orientation, frequency, layout
@@ -113,8 +112,7 @@ def stimulus_categories(data: SubjectData, categories: dict[int, dict],
 def classifier_features(images: np.ndarray) -> torch.Tensor:
     """uint8 images [N, H, W, 3] -> float64 [N, F]: raw handcrafted features + spatially summed Gabor energy."""
     raw = features_of(HandcraftedFeatures(dim=None), images).double()  # [N, raw_dim]
-    gabor_len = GABOR_PLANES * GABOR_ORIENTATIONS * GABOR_SCALES * GABOR_GRID ** 2
-    gabor = raw[:, -gabor_len:].reshape(len(raw), -1, GABOR_GRID ** 2)  # [N, scales*planes*orientations, cells]
+    gabor = raw[:, HandcraftedFeatures.block("gabor")].reshape(len(raw), -1, GABOR_GRID ** 2)  # [N, scales*planes*orientations, cells]
     return torch.cat([raw, gabor.sum(-1)], 1)  # [N, F]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, shipped_but_missing, verify_shipped
-from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path
+from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
 
 DEMO_SIM_ROOT = Path("dataset/simulated")
@@ -123,14 +123,34 @@ def ensure_data(cfg: LEAConfig, progress: bool, log: Callable[[str], None]) -> N
     log(f"demo: data written in {time.time() - started:.0f} s")
 
 
+def check_fmri_features(path: Path, features: dict) -> None:
+    """An existing demo fMRI autoencoder must be tied to these features (its file's `features` record):
+    one trained for other features, or for an earlier revision of them, is refused, not replaced."""
+    from inference.weights import read_weights
+    from models.provenance import current_features, feature_signature
+
+    payload = read_weights(path, "fmri_autoencoder")
+    if not payload.get("config", {}).get("Loss", {}).get("cls_weight"):
+        return                                             # its latent is not tied to any features
+    recorded = payload.get("features")
+    given = feature_signature(current_features(features))
+    if recorded is None or feature_signature(recorded) != given:
+        found = feature_signature(recorded) if recorded else "no feature record (trained before feature revisions)"
+        raise CheckpointError(describe(path, f"the demo fMRI autoencoder tied to the demo's features {given}",
+                                       f"{found}; the demo never replaces a weight: move the old demo weights "
+                                       f"aside (mv checkpoints/demo checkpoints/demo_old) and run the demo again"))
+
+
 def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str], None] = print) -> None:
     """Make sure the demo data and every demo weight the config names exist."""
     set_demo_threads(log)
     ensure_data(cfg, progress, log)
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
-        ensure_weight("fmri", Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject)), fmri_config,
-                      [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"], log, progress)
+        fmri = Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject))
+        ensure_weight("fmri", fmri, fmri_config, [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"],
+                      log, progress)
+        check_fmri_features(fmri, to_dict(cfg.features))
     tokenizer = Path(cfg.checkpoints.tokenizer)
     ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log, progress)
     ensure_weight("maskgit", Path(cfg.checkpoints.maskgit), STAGE_CONFIGS["maskgit"],

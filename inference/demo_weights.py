@@ -6,6 +6,7 @@ ships the two files `train.py` produced from the committed demo configs, with a 
     demo_weights/tokenizer.pt     python train.py tokenizer --config configs/demo/tokenizer.yaml
     demo_weights/maskgit.pt       python train.py maskgit --config configs/demo/maskgit.yaml \
                                       --set Init.tokenizer=demo_weights/tokenizer.pt
+                                  (on dataset/simulated_pool: python -m datasets.decoder_pool)
     demo_weights/MANIFEST.json    per file: sha256, bytes, the exact command, its config and that
                                   config's sha256, the run, its training time and the data command
 
@@ -40,7 +41,11 @@ RETRAIN_ROOT = Path("checkpoints/demo")
 RETRAIN_NAME = "image_side"
 STAGES = (("tokenizer", "configs/demo/tokenizer.yaml", "tokenizer.pt"),
           ("maskgit", "configs/demo/maskgit.yaml", "maskgit.pt"))
-DATA_COMMAND = "python -m datasets.simulate --out dataset/simulated --scale demo (seed 0)"
+DEMO_POOL = Path("dataset/simulated_pool")  # MaskGIT's training images (configs/demo/maskgit.yaml Data.image_folder)
+SIMULATE_COMMAND = "python -m datasets.simulate --out dataset/simulated --scale demo (seed 0)"
+DATA_COMMANDS = {"tokenizer": SIMULATE_COMMAND,   # how each stage's training images were made (manifest)
+                 "maskgit": f"{SIMULATE_COMMAND}; python -m datasets.decoder_pool --data dataset/simulated "
+                            f"--out {DEMO_POOL}"}
 REGENERATE_HINT = "make demo-train (python -m inference.demo_weights) regenerates them"
 
 
@@ -102,13 +107,18 @@ def write_manifest(folder: Path, files: dict[str, dict], note: str) -> Path:
 
 
 def prepare_data(log: Callable[[str], None] = print) -> None:
-    """The images the image side trains on: the simulated demo stimuli, made when missing."""
+    """The images the image side trains on, made when missing: the simulated demo stimuli (tokenizer)
+    and the decoder pool of attribute combinations no stimulus uses (MaskGIT)."""
+    from datasets.decoder_pool import write_pool
     from datasets.simulate import GROUND_TRUTH_DIR, simulate
     from inference.demo import DEMO_SCALE, DEMO_SIM_ROOT
 
     if not (DEMO_SIM_ROOT / GROUND_TRUTH_DIR).is_dir():
-        log(f"demo weights: simulating the demo data ({DATA_COMMAND})")
+        log(f"demo weights: simulating the demo data ({SIMULATE_COMMAND})")
         simulate(DEMO_SIM_ROOT, scale=DEMO_SCALE)
+    if not DEMO_POOL.is_dir():
+        log(f"demo weights: rendering the decoder pool into {DEMO_POOL}")
+        write_pool(DEMO_SIM_ROOT, DEMO_POOL)
 
 
 def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -> Path:
@@ -124,7 +134,7 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
         finals[stage] = train_stage(stage, config, overrides, log)
         files[name] = {"command": train_command(stage, config, overrides), "config": config,
                        "extra": {"trained_seconds": round(time.time() - started), "run": str(finals[stage].parent),
-                                 "data": DATA_COMMAND}}
+                                 "data": DATA_COMMANDS[stage]}}
     folder = new_run_dir(out_root, RETRAIN_NAME)
     for stage, _, name in STAGES:
         shutil.copyfile(finals[stage], folder / name)
@@ -153,7 +163,7 @@ def check_run_matches_config(run: Path, stage: str, config: str) -> None:
                                        {k: (ran.get(k), committed.get(k)) for k in differ[:8]}))
 
 
-def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str = "") -> Path:
+def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | None = None) -> Path:
     """Copy the final files of the `train.py` runs {stage: run folder} into `dest` with their manifest.
     Each run must have been trained from the committed config (check_run_matches_config); nothing in
     `dest` is replaced (a file already there must be a copy of the run's: MaskGIT may have been trained
@@ -180,7 +190,8 @@ def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str = ""
         rows = read_log(runs[stage])
         seconds = rows[-1].get("time_s") if rows else None
         files[name] = {"command": train_command(stage, config, overrides), "config": config,
-                       "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds, "data": data_command}}
+                       "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds,
+                                 "data": data_command or DATA_COMMANDS[stage]}}
     write_manifest(dest, files, note="trained by train.py from the committed demo configs, one CPU thread")
     return dest
 
@@ -192,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", nargs=2, metavar=("TOKENIZER_RUN", "MASKGIT_RUN"),
                    help=f"instead of training: copy these two train.py runs' final files into {SHIPPED_DIR}/ "
                         "with a manifest (each run must match its committed config)")
-    p.add_argument("--data-command", default=DATA_COMMAND,
-                   help="how the training images were made (manifest)")
+    p.add_argument("--data-command", default=None,
+                   help="how the training images were made, for the manifest (default: the demo's commands)")
     args = p.parse_args(argv)
     if args.ship:
         folder = ship(dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))), data_command=args.data_command)

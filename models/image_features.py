@@ -6,9 +6,11 @@ One interface, `ImageFeatureExtractor`: `extractor(images [B, 3, H, W] in [0, 1]
 - 'open_clip': the paper's CLIP image tower (ViT-H-14, 1024-d). open_clip is an
   optional dependency and its weights come only from a local file.
 - 'handcrafted': deterministic, weight-free features (colour statistics, a
-  coarse colour histogram, a spatial grid of mean colours, and Gabor energies of
-  luminance and chroma pooled over a spatial grid at three scales), projected to `dim` by a
-  fixed-seed random matrix. Used for demos and tests.
+  coarse colour histogram, a spatial grid of mean colours, Gabor energies of
+  luminance and chroma pooled over a spatial grid at three scales, and a
+  figure-centred polar shape descriptor), projected to `dim` by a fixed-seed
+  random matrix. Used for demos and tests: the stand-in for CLIP, which names an
+  object's shape wherever it is; so must these features.
 
 `cached_features` computes features of a uint8 image array once and keeps them
 in an `.npy` keyed by a hash of the images and of the extractor's description.
@@ -90,8 +92,27 @@ GABOR_WAVELENGTH = 4.0            # pixels, at each scale
 GABOR_SIGMA_PER_WAVELENGTH = 0.56  # about one octave of bandwidth
 GABOR_HALF_WIDTH_SIGMAS = 2.5     # kernel half-width in units of sigma
 LUMA = (0.299, 0.587, 0.114)
+# Figure shape: the figure is what the smooth background does not explain. A colour plane
+# (a + b x + c y per channel) is fitted to a frame of FIGURE_FRAME pixels along the border; the
+# colour distance from it, blurred (FIGURE_BLUR_SIGMA pixels, closes gaps where a texture inside the
+# figure crosses the background colour) and divided by its FIGURE_QUANTILE, is the figure's weight
+# above FIGURE_FLOOR. Around the weight's centroid, in units of its RMS radius, the weight is
+# sampled on SHAPE_RADII circles of SHAPE_ANGLES points; the magnitudes of the first
+# SHAPE_HARMONICS angular Fourier coefficients per circle (free of position and rotation,
+# normalised for size) and the RMS radius form the block.
+FIGURE_FRAME = 3
+FIGURE_BLUR_SIGMA = 1.0
+FIGURE_QUANTILE = 0.98
+FIGURE_FLOOR = 0.3
+SHAPE_RADII = (0.2, 2.0, 8)       # first, last, count: circle radii in RMS radii of the figure
+SHAPE_ANGLES = 64
+SHAPE_HARMONICS = 9               # angular frequencies 0 .. 8 (3-, 4- and 5-fold symmetries among them)
+EPS = 1e-6
 PROJECTION_SEED = 20240411
 DEFAULT_HANDCRAFTED_DIM = 256
+# Bumped whenever the handcrafted features change: weights conditioned on or aligned to the
+# features of another revision are refused (models/provenance.py).
+HANDCRAFTED_REVISION = 2
 
 
 def gabor_bank(orientations: int = GABOR_ORIENTATIONS, wavelength: float = GABOR_WAVELENGTH) -> torch.Tensor:
@@ -113,24 +134,75 @@ def gabor_bank(orientations: int = GABOR_ORIENTATIONS, wavelength: float = GABOR
     return torch.stack(kernels).unsqueeze(1).float()                            # [2*O, 1, K, K]
 
 
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of `[B, 1, S, S]` (zero padding), kernel half-width 3 sigma."""
+    half = math.ceil(3 * sigma)
+    taps = torch.exp(-torch.arange(-half, half + 1, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    x = F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, half))
+    return F.conv2d(x, taps.view(1, 1, -1, 1), padding=(half, 0))
+
+
+def figure_shape(x: torch.Tensor) -> torch.Tensor:
+    """Figure-centred polar shape descriptor (see FIGURE_* / SHAPE_*): `[B, 3, S, S]` in [0, 1] ->
+    `[B, SHAPE_RADII[2] * SHAPE_HARMONICS + 1]`."""
+    b, _, size, _ = x.shape
+    coords = (torch.arange(size, dtype=x.dtype) + 0.5) / size * 2 - 1
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")                       # [S, S] each, y down
+    plane = torch.stack([torch.ones_like(xx), xx, yy], -1)                       # [S, S, 3]
+    frame = torch.ones(size, size, dtype=torch.bool)
+    frame[FIGURE_FRAME:-FIGURE_FRAME, FIGURE_FRAME:-FIGURE_FRAME] = False
+    fit = torch.linalg.pinv(plane[frame])                                        # [3, P]
+    coef = x[:, :, frame] @ fit.T                                                # [B, 3 channels, 3 terms]
+    background = torch.einsum("bct,hwt->bchw", coef, plane)                      # [B, 3, S, S]
+    residual = (x - background).pow(2).sum(1, keepdim=True).sqrt()               # [B, 1, S, S]
+    residual = _gaussian_blur(residual, FIGURE_BLUR_SIGMA).flatten(1)            # [B, S*S]
+    scale = torch.quantile(residual, FIGURE_QUANTILE, dim=1, keepdim=True).clamp_min(EPS)
+    weight = ((residual / scale).clamp(0, 1) - FIGURE_FLOOR).clamp_min(0) / (1 - FIGURE_FLOOR)
+    weight = weight.view(b, size, size)                                          # [B, S, S]
+    mass = weight.sum((1, 2)).clamp_min(EPS)
+    cx = (weight * xx).sum((1, 2)) / mass                                        # [B]
+    cy = (weight * yy).sum((1, 2)) / mass
+    rms = ((weight * ((xx - cx.view(-1, 1, 1)) ** 2 + (yy - cy.view(-1, 1, 1)) ** 2)).sum((1, 2))
+           / mass).sqrt().clamp_min(EPS)                                         # [B]
+    first, last, count = SHAPE_RADII
+    radii = torch.linspace(first, last, count, dtype=x.dtype)                    # [R]
+    angles = torch.arange(SHAPE_ANGLES, dtype=x.dtype) * (2 * math.pi / SHAPE_ANGLES)  # [A]
+    reach = rms.view(-1, 1, 1) * radii.view(1, -1, 1)                            # [B, R, 1]
+    grid = torch.stack([cx.view(-1, 1, 1) + reach * torch.cos(angles),
+                        cy.view(-1, 1, 1) + reach * torch.sin(angles)], -1)      # [B, R, A, 2]
+    circles = F.grid_sample(weight.unsqueeze(1), grid, align_corners=False).squeeze(1)  # [B, R, A]
+    spectrum = torch.fft.rfft(circles, dim=-1).abs()[..., :SHAPE_HARMONICS] / SHAPE_ANGLES  # [B, R, H]
+    return torch.cat([spectrum.flatten(1), rms.unsqueeze(1)], 1)                 # [B, R*H + 1]
+
+
 class HandcraftedFeatures(ImageFeatureExtractor):
     """Deterministic, weight-free image features.
 
     Blocks (each scaled by 1/sqrt(its length) so that every block weighs about
-    the same): per-channel mean and std (6), joint colour histogram (64), mean
+    the same), in `BLOCKS` order: per-channel mean and std (6), joint colour histogram (64), mean
     colour on a 4x4 grid (48), Gabor energy of the luminance and chroma planes
-    for 4 orientations x 3 scales on a 4x4 grid (384). The 502 raw values are
-    projected to `dim` with a fixed-seed Gaussian matrix (`dim=None` keeps them raw) and optionally L2-normalised.
-    Each image's features depend on that image only.
+    for 4 orientations x 3 scales on a 4x4 grid (384), figure shape (73, `figure_shape`). The 575 raw
+    values are projected to `dim` with a fixed-seed Gaussian matrix (`dim=None` keeps them raw) and
+    optionally L2-normalised. Each image's features depend on that image only.
     """
 
     name = "handcrafted"
+    BLOCKS = {"moments": 2 * 3, "histogram": HIST_BINS ** 3, "layout": 3 * LAYOUT_GRID ** 2,
+              "gabor": GABOR_PLANES * GABOR_ORIENTATIONS * GABOR_SCALES * GABOR_GRID ** 2,
+              "shape": SHAPE_RADII[2] * SHAPE_HARMONICS + 1}
+
+    @classmethod
+    def block(cls, name: str) -> slice:
+        """Columns of block `name` in `raw_features`."""
+        names = list(cls.BLOCKS)
+        start = sum(cls.BLOCKS[n] for n in names[:names.index(name)])
+        return slice(start, start + cls.BLOCKS[name])
 
     def __init__(self, dim: Optional[int] = DEFAULT_HANDCRAFTED_DIM, normalize: bool = False):
         self.normalize = bool(normalize)
         self.bank = gabor_bank()
-        self.raw_dim = (2 * 3 + HIST_BINS ** 3 + 3 * LAYOUT_GRID ** 2
-                        + GABOR_PLANES * GABOR_ORIENTATIONS * GABOR_SCALES * GABOR_GRID ** 2)
+        self.raw_dim = sum(self.BLOCKS.values())
         if dim is None:
             self.projection = None
             self.dim = self.raw_dim
@@ -164,7 +236,7 @@ class HandcraftedFeatures(ImageFeatureExtractor):
             energies.append(F.adaptive_avg_pool2d(energy, GABOR_GRID).flatten(1))  # [B, P*O*G*G]
             planes = F.avg_pool2d(planes, 2)                                       # next scale
         gabor = torch.cat(energies, 1)                                             # [B, P*O*scales*G*G]
-        blocks = [moments, hist, layout, gabor]
+        blocks = [moments, hist, layout, gabor, figure_shape(x)]
         return torch.cat([blk / math.sqrt(blk.shape[1]) for blk in blocks], 1)     # [B, raw_dim]
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
@@ -176,7 +248,7 @@ class HandcraftedFeatures(ImageFeatureExtractor):
         return feats.to(images.device)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "raw_dim": self.raw_dim,
+        return {"name": self.name, "revision": HANDCRAFTED_REVISION, "dim": self.dim, "raw_dim": self.raw_dim,
                 "projection_seed": PROJECTION_SEED if self.projection is not None else None,
                 "normalize": self.normalize, "work_size": WORK_SIZE}
 

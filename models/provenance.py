@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from models.hub import weights_file
+from models.image_features import HANDCRAFTED_REVISION
 from utils.errors import CheckpointError
 from utils.io import file_sha256
 
 MISMATCH_NAMES = ("tokenizer", "features", "align")
 FEATURE_KEYS = ("backend", "dim", "normalize")      # what changes the meaning of a feature vector
 OPEN_CLIP_KEYS = ("model",)                         # also compared for the open_clip backend
+HANDCRAFTED_KEYS = ("revision",)                    # also compared for the handcrafted backend
+BACKEND_KEYS = {"open_clip": OPEN_CLIP_KEYS, "handcrafted": HANDCRAFTED_KEYS}
 SHORT_SHA = 12
 OK, MISMATCH, UNRECORDED, ACCEPTED = "ok", "mismatch", "unrecorded", "accepted mismatch"
 
@@ -44,9 +47,19 @@ class Check:
         return asdict(self)
 
 
+def current_features(features: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's Features section as files record it: with the handcrafted features' revision
+    (a record written before revisions has none, so it differs from every current one)."""
+    out = dict(features)
+    if out.get("backend") == "handcrafted":
+        out["revision"] = HANDCRAFTED_REVISION
+    return out
+
+
 def feature_signature(features: Mapping[str, Any]) -> dict[str, Any]:
-    """The feature settings that must agree: backend, dim, normalize (and model for open_clip)."""
-    keys = FEATURE_KEYS + (OPEN_CLIP_KEYS if features.get("backend") == "open_clip" else ())
+    """The feature settings that must agree: backend, dim, normalize (and model for open_clip,
+    revision for handcrafted)."""
+    keys = FEATURE_KEYS + BACKEND_KEYS.get(features.get("backend"), ())
     return {k: features.get(k) for k in keys}
 
 
@@ -75,7 +88,7 @@ def feature_check(name: str, what: str, recorded: Optional[Mapping[str, Any]], f
                   how: str, require_record: bool) -> Check:
     """Recorded feature settings against the config's Features (compared by `feature_signature`)."""
     recorded_sig = feature_signature(recorded) if recorded else None
-    given = feature_signature(features)
+    given = feature_signature(current_features(features))
     status = _status(recorded_sig, given)
     return Check(name, what, recorded_sig, given, MISMATCH if require_record and status == UNRECORDED else status, how)
 
@@ -111,7 +124,7 @@ def alignment_checks(record: Mapping[str, Any], heads: str | Path, fmri: str | P
 def alignment_provenance(fmri_checkpoint: str | Path, features: Mapping[str, Any]) -> dict[str, Any]:
     """What alignment heads record: the fMRI checkpoint (path, sha256) and the feature settings."""
     return {"fmri_checkpoint": {"path": str(fmri_checkpoint), "sha256": file_sha256(weights_file(fmri_checkpoint))},
-            "features": feature_signature(features)}
+            "features": feature_signature(current_features(features))}
 
 
 def enforce(checks: Sequence[Check], accepted: Sequence[str]) -> list[dict[str, Any]]:

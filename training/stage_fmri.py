@@ -37,8 +37,9 @@ from models.checkpoints import (MINDVIS_HINT, load_mindvis_fmri_encoder, load_re
                                 load_state_dict_strict, safe_torch_load)
 from models.fmri_autoencoder import FMRIAutoencoder
 from models.image_features import build_image_features_from_config, cached_features
+from models.provenance import current_features
 from training.engine import Stage, TrainModule, seed_everything
-from utils.config import DataConfig, FeatureConfig, FMRIConfig, build, config_from_dict
+from utils.config import DataConfig, FeatureConfig, FMRIConfig, build, config_from_dict, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_write_bytes
 
@@ -213,7 +214,7 @@ class FMRIStage(Stage):
         self.config = cfg
         self.data = data
         self.masked = cfg.loss.mask_ratio > 0
-        use_features = cfg.loss.cls_weight > 0 and not self.masked
+        use_features = self.features_used = cfg.loss.cls_weight > 0 and not self.masked
         if use_features and cfg.model.latent_dim != cfg.features.dim:
             raise ConfigError(describe("Model.latent_dim (the latent is tied to the image feature, "
                                        "Loss.cls_weight > 0)", f"Features.dim = {cfg.features.dim}",
@@ -255,7 +256,9 @@ class FMRIStage(Stage):
         return FINAL_NAME, self.model_file(
             module.model, dataset=d.dataset, subject=d.subject, roi_patch=list(d.roi_patch),
             roi_names=list(d.roi_names), num_voxels=d.num_voxels, norm_mean=d.norm_mean, norm_std=d.norm_std,
-            objective="masked" if self.masked else "autoencoder")
+            objective="masked" if self.masked else "autoencoder",
+            # the features the latent is tied to (Loss.cls_weight > 0); None when it is not tied
+            features=current_features(to_dict(self.config.features)) if self.features_used else None)
 
 
 def fmri_strip_png(truth: torch.Tensor, recon: torch.Tensor) -> bytes:

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from models.checkpoints import load_release_checkpoint
 from models.maskgit import MaskGITTransformer, mask_schedule
+from models.provenance import current_features
 from models.published import load_frozen_tokenizer, load_imagenet_transformer
 from models.vqgan import VQGAN
 from training.engine import Stage, TrainModule, single_stage_builders
@@ -217,7 +218,7 @@ class MaskGITStage(Stage):
         return FINAL_NAME, self.model_file(
             module.model, tokenizer={"path": self.config.init.tokenizer,
                                      "sha256": file_sha256(self.config.init.tokenizer)},
-            features=to_dict(self.config.features))
+            features=current_features(to_dict(self.config.features)))
 
 
 def stage_builders(values: dict, source: str) -> list[Callable[[Callable[[str], None]], MaskGITStage]]:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +99,28 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     return _atomic_write(path, lambda f: np.save(f, array))
+
+
+@contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A new hidden sibling of `out` (`.<out>.<random>`) to fill; when the block ends normally it takes
+    `out`'s place (an existing `out` is first moved into `.<out>.old.<random>`, then removed), and when
+    the block raises it is removed. Callers decide beforehand whether `out` may be replaced."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(work, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from inference.demo_weights import MANIFEST_NAME, verify_shipped, write_manifest
+from models.checkpoints import safe_torch_load
 from utils.errors import CheckpointError
 
 
@@ -60,10 +61,38 @@ def test_shipped_weights_load_with_the_committed_demo_configs():
         network = load_trained_network(stage, folder / name)
         committed = load_config(record["config"], kind=stage)
         assert to_dict(network.config) == to_dict(committed.model)
+    from models.provenance import decoder_checks
+    from utils.io import file_sha256
+
+    decoder = safe_torch_load(folder / "maskgit.pt")
     for lea in ("configs/demo/LEA_GOD.yaml", "configs/demo/LEA_BOLD.yaml"):
         cfg = load_config(lea)
         assert (cfg.checkpoints.tokenizer, cfg.checkpoints.maskgit) == (str(folder / "tokenizer.pt"),
                                                                         str(folder / "maskgit.pt"))
+        # conditioned on these very features (revision included) and tokens of the shipped tokenizer
+        checks = decoder_checks(decoder, folder / "maskgit.pt", folder / "tokenizer.pt",
+                                file_sha256(folder / "tokenizer.pt"), to_dict(cfg.features))
+        assert [c.status for c in checks] == ["ok", "ok"], [c.as_dict() for c in checks]
+
+
+def test_demo_refuses_an_fmri_autoencoder_tied_to_other_features(tmp_path):
+    import torch
+
+    from inference.demo import check_fmri_features
+    from models.provenance import current_features
+
+    features = {"backend": "handcrafted", "dim": 128, "normalize": True, "cache_dir": None}
+    tied = {"kind": "fmri_autoencoder", "config": {"Loss": {"cls_weight": 1000.0}}}
+    torch.save({**tied, "features": current_features(features)}, tmp_path / "current.pt")
+    check_fmri_features(tmp_path / "current.pt", features)
+    torch.save(tied, tmp_path / "old.pt")                  # written before features had revisions
+    with pytest.raises(CheckpointError, match="mv checkpoints/demo checkpoints/demo_old"):
+        check_fmri_features(tmp_path / "old.pt", features)
+    torch.save({**tied, "features": current_features({**features, "dim": 64})}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="'dim': 64"):
+        check_fmri_features(tmp_path / "other.pt", features)
+    torch.save({**tied, "config": {"Loss": {"cls_weight": 0.0}}}, tmp_path / "untied.pt")
+    check_fmri_features(tmp_path / "untied.pt", features)  # its latent is not tied to features
 
 
 def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):

@@ -15,7 +15,9 @@ from datasets.simulate import GOD_DIR
 from inference.run_lea import main
 from models.alignment import AlignmentHeads
 from models.fmri_autoencoder import FMRIAutoencoder
+from models.image_features import HANDCRAFTED_REVISION
 from models.maskgit import MaskGITTransformer
+from models.provenance import current_features
 from models.vqgan import VQGAN
 from tests.inference.test_lea_scripts import make_setup
 from tests.models.test_lea_pipeline import tiny_configs
@@ -96,11 +98,11 @@ def test_release_files_that_do_not_fit_list_their_keys(tmp_path, sim_root, capsy
     assert "shape       pred.weight  checkpoint [3, 3] vs model" in err and str(files["fmri_config"]) in err
 
 
-def decoder_with_records(root: Path, tokenizer: Path, features: dict) -> Path:
+def decoder_with_records(root: Path, tokenizer: Path, features: dict, folder: str = "recorded") -> Path:
     """Our maskgit.pt as train.py writes it: records the tokenizer's sha256 and the features."""
     payload = torch.load(root / "checkpoints" / "maskgit.pt", weights_only=True)
     payload.update(tokenizer={"path": str(tokenizer), "sha256": file_sha256(tokenizer)}, features=features)
-    return atomic_torch_save(root / "checkpoints" / "recorded" / "maskgit.pt", payload)
+    return atomic_torch_save(root / "checkpoints" / folder / "maskgit.pt", payload)
 
 
 def test_decoder_refuses_another_tokenizer_or_features_unless_accepted(tmp_path, sim_root, capsys):
@@ -109,8 +111,14 @@ def test_decoder_refuses_another_tokenizer_or_features_unless_accepted(tmp_path,
     tokenizer = tmp_path / "checkpoints" / "tokenizer.pt"
     other = atomic_torch_save(tmp_path / "other_tokenizer.pt",
                               {**torch.load(tokenizer, weights_only=True), "note": "retrained"})
-    decoder = decoder_with_records(tmp_path, tokenizer, features)
+    decoder = decoder_with_records(tmp_path, tokenizer, current_features(features))
     base = ["--config", str(config), "--maskgit-ckpt", str(decoder), *FAST]
+
+    # a decoder conditioned on the handcrafted features of an earlier revision (its record has none)
+    stale = decoder_with_records(tmp_path, tokenizer, features, folder="stale")
+    assert main(["--config", str(config), "--maskgit-ckpt", str(stale), *FAST], dataset="GOD") == 2
+    err = capsys.readouterr().err
+    assert f"'revision': {HANDCRAFTED_REVISION}" in err and "'revision': None" in err, err
 
     assert main([*base, "--tokenizer-ckpt", str(other)], dataset="GOD") == 2
     err = capsys.readouterr().err
@@ -120,7 +128,7 @@ def test_decoder_refuses_another_tokenizer_or_features_unless_accepted(tmp_path,
     err = capsys.readouterr().err
     assert "'normalize': True" in err and "'normalize': False" in err and "--accept-mismatch features" in err
     refused = [p for p in (tmp_path / "results").iterdir()]  # started folders are marked, hold no results
-    assert len(refused) == 2 and all((p / "INCOMPLETE.txt").is_file() and not (p / SUBJECT).exists()
+    assert len(refused) == 3 and all((p / "INCOMPLETE.txt").is_file() and not (p / SUBJECT).exists()
                                      for p in refused)
     for p in refused:
         shutil.rmtree(p)

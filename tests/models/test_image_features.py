@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from datasets.simulate import LAYOUTS, PALETTES, SHAPES as SIM_SHAPES, render_image
 from models.image_features import (HandcraftedFeatures, OpenClipFeatures, build_image_features,
-                                   cached_features, clip_preprocess)
+                                   cached_features, clip_preprocess, figure_shape)
 from utils.errors import CheckpointError, ConfigError, DataError, LEAError
 
 SIZE = 64
@@ -64,16 +65,56 @@ def test_handcrafted_separates_categories_far_above_chance():
     assert feats.shape == (len(images), 256)
     acc = loo_1nn_accuracy(feats, labels)
     assert acc > 5.0 / n_classes, acc
-    # every factor of the category is recoverable, shape (the hardest under jitter) above its chance 1/3
+    # every factor of the category is recoverable far above chance (1/2, 1/3, 1/3); the figure-shape block
+    # reads the striped background as figure here, so orientation is told a little less well than colour
     orient = labels % len(ORIENTATIONS)
     colour = (labels // len(ORIENTATIONS)) % len(COLOURS)
     shape = labels // (len(ORIENTATIONS) * len(COLOURS))
-    assert loo_1nn_accuracy(feats, orient) > 0.9
+    assert loo_1nn_accuracy(feats, orient) > 0.85
     assert loo_1nn_accuracy(feats, colour) > 0.9
-    assert loo_1nn_accuracy(feats, shape) > 0.45
-    # the Gabor block (the last 384 raw values) alone tells the stripe orientation
-    gabor = HandcraftedFeatures(dim=None).raw_features(images)[:, -384:]
+    assert loo_1nn_accuracy(feats, shape) > 0.55
+    # the Gabor block alone tells the stripe orientation
+    gabor = HandcraftedFeatures(dim=None).raw_features(images)[:, HandcraftedFeatures.block("gabor")]
     assert loo_1nn_accuracy(gabor, orient) > 0.9
+
+
+def _figure(shape: str, cx: float, cy: float, size: int = SIZE) -> torch.Tensor:
+    """A flat figure on a background with a brightness gradient: [1, 3, S, S] in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    img = torch.tensor([0.3, 0.35, 0.5]).view(3, 1, 1) * (0.8 + 0.4 * xx / size)
+    if shape == "square":
+        mask = ((xx - cx).abs() < 9) & ((yy - cy).abs() < 9)
+    else:
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 10 ** 2
+    img[:, mask] = torch.tensor([0.9, 0.6, 0.1]).view(3, 1)
+    return img.unsqueeze(0)
+
+
+def test_figure_shape_is_position_and_rotation_free_and_tells_shapes_apart():
+    square = figure_shape(_figure("square", 24, 26))[0]
+    moved = figure_shape(_figure("square", 40, 37))[0]
+    turned = figure_shape(torch.rot90(_figure("square", 24, 26), 1, dims=(2, 3)).flip(3))[0]
+    disc = figure_shape(_figure("disc", 24, 26))[0]
+    assert square.shape == (HandcraftedFeatures.BLOCKS["shape"],)
+    moved_gap, turned_gap, shape_gap = ((square - other).norm() for other in (moved, turned, disc))
+    assert moved_gap < shape_gap / 4 and turned_gap < shape_gap / 4, (moved_gap, turned_gap, shape_gap)
+
+
+def test_shape_block_names_the_simulators_shapes_under_every_other_attribute():
+    """Simulator stimuli of each shape with random palette, stripes, layout and jitter: the figure-shape
+    block alone names the shape (leave-one-out 1-NN) far better than all other blocks together."""
+    rng = np.random.default_rng(3)
+    per_shape = 12
+    attrs = np.array([[s, rng.integers(len(PALETTES)), rng.integers(4), rng.integers(2), rng.integers(len(LAYOUTS))]
+                      for s in range(len(SIM_SHAPES)) for _ in range(per_shape)])
+    images = torch.from_numpy(np.stack([render_image(a, SIZE, rng)[0] for a in attrs])).permute(0, 3, 1, 2) / 255
+    raw = HandcraftedFeatures(dim=None).raw_features(images.float())
+    shape = torch.from_numpy(attrs[:, 0])
+    block = HandcraftedFeatures.block("shape")
+    shape_only = loo_1nn_accuracy(raw[:, block], shape)
+    others = loo_1nn_accuracy(torch.cat([raw[:, :block.start], raw[:, block.stop:]], 1), shape)
+    assert shape_only > 0.75 and shape_only > others + 0.2, (shape_only, others)
 
 
 def test_handcrafted_deterministic_and_batch_independent():
