@@ -1,6 +1,7 @@
 """The whole chain through its real entry points, as a user runs it on new data:
 
-    python -m datasets.simulate  ->  train.py fmri / tokenizer / maskgit / align  ->  LEA_GOD.py
+    python -m datasets.simulate  ->  train.py fmri / tokenizer  ->  python -m datasets.decoder_pool
+    ->  train.py maskgit (on the pool) / align  ->  LEA_GOD.py
 
 Tiny networks and a few steps each: this checks that every stage's output is the next stage's
 input in the on-disk formats, not that the models are good (the demo shows that).
@@ -59,7 +60,10 @@ def test_simulate_train_every_stage_then_decode_and_encode(tmp_path):
     fmri = only_file(ckpt / "fmri", "fmri_autoencoder.pt")
     train("tokenizer", "tokenizer.yaml")
     tokenizer = only_file(ckpt / "tokenizer", "tokenizer.pt")
-    train("maskgit", "maskgit.yaml", f"Init.tokenizer={tokenizer}", cache)
+    pool = tmp_path / "pool"
+    run("-m", "datasets.decoder_pool", "--data", str(sim), "--out", str(pool), "--per-combination", "1",
+        "--no-progress", cwd=REPO)
+    train("maskgit", "maskgit.yaml", f"Init.tokenizer={tokenizer}", f"Data.image_folder={pool}", cache)
     maskgit = only_file(ckpt / "maskgit", "maskgit.pt")
 
     lea = ["--config", str(DEMO / "LEA_GOD.yaml"), "--set", f"Data.path={god}", "--set", "Data.subjects=[sbj_1]",

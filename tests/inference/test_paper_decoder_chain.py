@@ -59,7 +59,7 @@ def test_frozen_published_tokenizer_imagenet_init_to_lea(sim_root, tmp_path, cap
         return new_run(folder)
 
     maskgit_run = run_train("maskgit", "maskgit.yaml", *TINY["maskgit"], "Model.num_codebook=16",
-                            "Model.extra_tokens=10", "Data.subjects=[sbj_1,sbj_2]",
+                            "Model.extra_tokens=10", "Data.subjects=[sbj_1,sbj_2]", "Data.image_folder=null",
                             f"Init.tokenizer={tokenizer}", f"Init.transformer={imagenet}")
     out = capsys.readouterr().out
     assert f"--maskgit-ckpt {maskgit_run}" in out

@@ -115,7 +115,8 @@ def test_tokenizer_image_size_must_match_resolution(sim_root, tmp_path):
 
 
 def maskgit_overrides(sim_root: Path, trained: dict) -> list[str]:
-    return [f"Data.path={sim_root / GOD_DIR}", f"Features.cache_dir={trained['tmp'] / 'cache'}",
+    return [f"Data.path={sim_root / GOD_DIR}", "Data.image_folder=null",   # the stimuli, not the demo's pool
+            f"Features.cache_dir={trained['tmp'] / 'cache'}",
             f"Init.tokenizer={trained['tokenizer'] / 'tokenizer.pt'}", "Model.embed_dim=64", "Model.depth=2",
             "Sampling.steps=3"]
 
