@@ -130,7 +130,8 @@ def check_fmri_features(path: Path, features: dict) -> None:
     from models.provenance import current_features, feature_signature
 
     payload = read_weights(path, "fmri_autoencoder")
-    if not payload.get("config", {}).get("Loss", {}).get("cls_weight"):
+    loss = payload.get("config", {}).get("Loss", {})
+    if not loss.get("cls_weight") or loss.get("mask_ratio"):
         return                                             # its latent is not tied to any features
     recorded = payload.get("features")
     given = feature_signature(current_features(features))

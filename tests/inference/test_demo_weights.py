@@ -93,6 +93,8 @@ def test_demo_refuses_an_fmri_autoencoder_tied_to_other_features(tmp_path):
         check_fmri_features(tmp_path / "other.pt", features)
     torch.save({**tied, "config": {"Loss": {"cls_weight": 0.0}}}, tmp_path / "untied.pt")
     check_fmri_features(tmp_path / "untied.pt", features)  # its latent is not tied to features
+    torch.save({**tied, "config": {"Loss": {"cls_weight": 1000.0, "mask_ratio": 0.75}}}, tmp_path / "masked.pt")
+    check_fmri_features(tmp_path / "masked.pt", features)  # masked-brain pretraining ties nothing either
 
 
 def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):
