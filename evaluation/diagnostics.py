@@ -13,7 +13,8 @@ results folder scores the same test stimuli through shorter chains:
 
 Each stage gets pair-wise and n-way identification in the image-feature space,
 pair-wise pixel-PCC identification, the simulated-data semantic accuracy
-(evaluation/semantic_sim.py; skipped on recorded data), and, where a stage draws
+(evaluation/semantic_sim.py; skipped on recorded data; per attribute too, in the metric
+files: `<stage>/sim_attribute_accuracy_shape`, ...), and, where a stage draws
 several samples per trial, their diversity: the mean feature distance
 (1 - Pearson r) between samples of one trial divided by the mean distance between
 different test stimuli (0 = identical samples; about 1 = samples as different as
@@ -47,6 +48,7 @@ FIGURE_CAPTIONS = {"stimuli": "stimulus", "tokenizer_round_trip": "tokenizer",
 FIGURE_SAMPLES = 2           # samples per stage shown in diagnostics.png
 FIGURE_MAX_ROWS = 20
 DIVERSITY = "sample_diversity"
+PER_ATTRIBUTE = "sim_attribute_accuracy_"   # per-attribute metrics: in the metric files, not the stage table
 FIGURE_FILE = "diagnostics.png"
 NOTE = ("metrics '<stage>/<name>' score the stimuli through shorter chains: tokenizer round trip, MaskGIT from the "
         "true image features, the training image nearest to the predicted features (retrieval), LEA from fMRI; "
@@ -116,7 +118,7 @@ def stage_metrics(gt: np.ndarray, gt_features: torch.Tensor, images: np.ndarray,
     """Metrics of one stage: images [T, S, H, W, 3] with features [T, S, D] against the stimuli."""
     out = []
     if scorer is not None:
-        out += scorer.score(images)[:2]          # attribute accuracy, category n-way
+        out += scorer.score(images)              # attribute accuracy, category n-way, then per attribute
     else:
         out += [M.skipped("sim_attribute_accuracy", semantic_reason)]
     out.append(M.feature_identification(gt_features, features, "pcc", name=f"{backend}_pairwise_pcc"))
@@ -163,12 +165,13 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
     metrics, rows, columns = [], {}, []
     for stage, images in stage_images.items():
         if stage == "stimuli":  # identification of the stimuli by themselves is 1 by construction
-            scored = scorer.score(images)[:2] if scorer is not None else []
+            scored = scorer.score(images) if scorer is not None else []
         else:
             scored = stage_metrics(gt, gt_features, images, _features(feature_fn, images), backend, n_way,
                                    scorer, semantic_reason)
-        rows[stage] = {m.name: m for m in scored}
-        columns += [m.name for m in scored if m.name not in columns]
+        in_table = [m for m in scored if not m.name.startswith(PER_ATTRIBUTE)]
+        rows[stage] = {m.name: m for m in in_table}
+        columns += [m.name for m in in_table if m.name not in columns]
         for m in scored:
             metrics.append(M.Metric(f"{stage}/{m.name}", m.value, m.chance, m.skipped, m.details))
     figure = column_grid([(f"{FIGURE_CAPTIONS[stage]}" + (f" {k + 1}" if images.shape[1] > 1 else ""), images[:, k])

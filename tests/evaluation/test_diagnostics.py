@@ -6,6 +6,7 @@ import torch
 from evaluation.diagnostics import STAGES, diagnose, sample_diversity
 from evaluation.metrics import resize_images
 from evaluation.retrieval import nearest_training_images
+from evaluation.semantic_sim import ATTRIBUTES
 from models.image_features import build_image_features, features_of
 
 DECODED_SIZE = 32
@@ -43,6 +44,11 @@ def test_every_stage_is_scored_and_drawn(god_subject, god_scorer):
     assert m["lea_decoded/handcrafted_pairwise_pcc"].value < 1.0
     assert m["lea_decoded/sample_diversity"].value > 0.3
     assert m["stimuli/sim_attribute_accuracy"].value == m["tokenizer_round_trip/sim_attribute_accuracy"].value
+    for attribute in ATTRIBUTES:                  # each attribute per stage, in the metrics but not the table
+        for stage in STAGES:
+            assert f"{stage}/sim_attribute_accuracy_{attribute}" in m
+        assert m[f"decoded_from_true_features/sim_attribute_accuracy_{attribute}"].value == \
+            m[f"stimuli/sim_attribute_accuracy_{attribute}"].value
     assert "retrieval_baseline/sample_diversity" not in m and "tokenizer_round_trip/sample_diversity" not in m
     # retrieval shows the training image nearest to the predicted features
     nearest = nearest_training_images(predicted, train_features)[:, 0]
@@ -50,6 +56,7 @@ def test_every_stage_is_scored_and_drawn(god_subject, god_scorer):
     np.testing.assert_array_equal(diag.stage_images["retrieval_baseline"][:, 0], expected)
     table = diag.table()
     assert table["columns"][:2] == ["stage", "sim_attribute_accuracy"]
+    assert not any(c.startswith("sim_attribute_accuracy_") for c in table["columns"])
     assert [row[0] for row in table["rows"]] == [*STAGES.values(), "chance"]
     assert len(diag.figure.size) == 2 and diag.figure.size[0] > diag.figure.size[1] / 4
 
