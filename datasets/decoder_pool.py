@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets.simulate import (ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR, MANIFEST_FILE, ORIENTATIONS_DEG,
-                               PALETTES, SHAPES, STRIPE_CYCLES, LAYOUTS, render_image)
+from datasets.simulate import (ATTRIBUTE_SIZES, CATEGORY_ATTRIBUTES, GROUND_TRUTH_DIR, LAYOUTS, MANIFEST_FILE,
+                               ORIENTATIONS_DEG, PALETTES, SHAPES, STRIPE_CYCLES, render_image)
 from utils.errors import DataError, describe
 from utils.io import file_sha256, progress_wanted, staged_folder
 from utils.guard import RunFolders, guarded
@@ -35,7 +35,6 @@ from utils.guard import RunFolders, guarded
 PER_COMBINATION = 4          # renders of each unused attribute combination
 POOL_SEED = 7                # the renders' random stream (jitter), independent of the dataset's
 POOL_FILE = "pool.json"
-CATEGORY_ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # shape, palette, orientation, frequency, layout
 
 
 def combination_name(combo: tuple[int, ...]) -> str:

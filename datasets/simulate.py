@@ -62,6 +62,7 @@ LAYOUTS = {  # name -> (object centre x, y in [-1, 1], background gradient angle
 }
 ATTRIBUTE_SIZES = (len(SHAPES), len(PALETTES), len(ORIENTATIONS_DEG), len(STRIPE_CYCLES), len(LAYOUTS))
 ATTRIBUTE_BLOCKS = ("shape", "palette", "orientation", "frequency", "layout", "position")
+CATEGORY_ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # what a category fixes (categories.json)
 POSITION_FEATURES = ("centre_x", "centre_y", "radius")
 
 # image jitter
@@ -699,7 +700,7 @@ def simulate(out: str | Path, *, scale: str = "tiny", seed: int = 0, image_size:
                                 seed, size, progress)
         table = [{"id": k, "name": cats.name(k), "class_id": int(cats.class_id[k]),
                   "wnid": f"n{cats.wordnet[k]:08d}", "used_by": "GOD" if k < n_god else "BOLD5000",
-                  **{block: int(cats.attributes[k, b]) for b, block in enumerate(ATTRIBUTE_BLOCKS[:5])}}
+                  **{block: int(cats.attributes[k, b]) for b, block in enumerate(CATEGORY_ATTRIBUTES)}}
                  for k in range(len(cats.class_id))]
         (gt / "categories.json").write_text(json.dumps(table, indent=1) + "\n")
         (gt / "README.md").write_text(GROUND_TRUTH_README)

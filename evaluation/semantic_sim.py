@@ -36,12 +36,12 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from datasets.common import SubjectData
-from datasets.simulate import ATTRIBUTE_BLOCKS, ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
+from datasets.simulate import ATTRIBUTE_SIZES, CATEGORY_ATTRIBUTES, GROUND_TRUTH_DIR
 from evaluation.metrics import STIMULI_CEILING, Metric, n_way_top1, skipped
 from models.image_features import GABOR_GRID, HandcraftedFeatures, features_of
 from utils.errors import DataError, describe
 
-ATTRIBUTES = ATTRIBUTE_BLOCKS[:len(ATTRIBUTE_SIZES)]   # shape, palette, orientation, frequency, layout
+ATTRIBUTES = CATEGORY_ATTRIBUTES   # shape, palette, orientation, frequency, layout
 CATEGORIES_FILE = "categories.json"
 L2_PENALTY = 1e-3            # on the weights of standardised features, per attribute
 LBFGS_ITERATIONS = 500
