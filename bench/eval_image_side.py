@@ -42,8 +42,8 @@ import models  # noqa: E402,F401  (registers the Model schemas)
 from datasets import load_subject  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from evaluation.figures import column_grid  # noqa: E402
-from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, STD_FLOOR, find_categories_file,  # noqa: E402
-                                     fit_softmax_regression, read_categories, stimulus_categories)
+from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClassifier, attributes_of,  # noqa: E402
+                                     find_categories_file, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
@@ -87,16 +87,11 @@ def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats:
         return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
     categories = read_categories(path)
     train_cat, test_cat = stimulus_categories(data, categories, path.parent)
-    mean, std = train_feats.double().mean(0), train_feats.double().std(0).clamp_min(STD_FLOOR)
-    x_train = ((train_feats.double() - mean) / std).numpy()  # [N, D]
-    x_test = ((test_feats.double() - mean) / std).numpy()  # [T, D]
-    out = {}
-    for a, (name, k) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES)):
-        y_train = np.array([categories[int(c)][name] for c in train_cat])
-        y_test = np.array([categories[int(c)][name] for c in test_cat])
-        w, b = fit_softmax_regression(x_train, y_train, k)
-        out[name] = {"accuracy": float(((x_test @ w + b).argmax(1) == y_test).mean()), "chance": 1.0 / k}
-    return out
+    probe = AttributeClassifier.fit_features(train_feats.double(), attributes_of(categories, train_cat))
+    truth = attributes_of(categories, test_cat)  # [T, A]
+    log_probs = probe.log_probs_of_features(test_feats.double())  # per attribute [T, k]
+    return {name: {"accuracy": float((lp.argmax(1).numpy() == truth[:, a]).mean()), "chance": 1.0 / k}
+            for a, (name, k, lp) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES, log_probs))}
 
 
 @torch.no_grad()

@@ -150,7 +150,11 @@ class AttributeClassifier:
     @classmethod
     def fit(cls, images: np.ndarray, attributes: np.ndarray) -> "AttributeClassifier":
         """images uint8 [M, H, W, 3]; attributes int [M, A] (ATTRIBUTES order)."""
-        feats = classifier_features(images)
+        return cls.fit_features(classifier_features(images), attributes)
+
+    @classmethod
+    def fit_features(cls, feats: torch.Tensor, attributes: np.ndarray) -> "AttributeClassifier":
+        """The same read-out on any features float64 [M, F] (e.g. a MaskGIT condition)."""
         mean, std = feats.mean(0), feats.std(0).clamp_min(STD_FLOOR)
         x = ((feats - mean) / std).numpy()  # [M, F]
         weights, biases = [], []
@@ -162,8 +166,17 @@ class AttributeClassifier:
 
     def log_probs(self, images: np.ndarray) -> list[torch.Tensor]:
         """uint8 [N, H, W, 3] -> per attribute log-probabilities [N, k]."""
-        x = (classifier_features(images) - self.mean) / self.std
+        return self.log_probs_of_features(classifier_features(images))
+
+    def log_probs_of_features(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """features float64 [N, F] -> per attribute log-probabilities [N, k]."""
+        x = (feats - self.mean) / self.std
         return [torch.log_softmax(x @ w + b, -1) for w, b in zip(self.weights, self.biases)]
+
+
+def attributes_of(categories: dict[int, dict], cats: np.ndarray) -> np.ndarray:
+    """Category ids [N] -> their attributes int [N, A] (ATTRIBUTES order)."""
+    return np.array([[categories[int(c)][a] for a in ATTRIBUTES] for c in cats], dtype=np.int64)
 
 
 class SemanticScorer:
@@ -174,14 +187,10 @@ class SemanticScorer:
         decoded resolution), uint8 [T, H, W, 3]; default the subject's test images. They give the ceiling."""
         categories = read_categories(categories_path)
         train_cat, test_cat = stimulus_categories(data, categories, categories_path.parent)
-
-        def attribute_of(cats: np.ndarray) -> np.ndarray:  # category ids [N] -> attributes [N, A]
-            return np.array([[categories[int(c)][a] for a in ATTRIBUTES] for c in cats], dtype=np.int64)
-
-        self.classifier = AttributeClassifier.fit(data.train_images, attribute_of(train_cat))
-        self.test_attributes = attribute_of(test_cat)                         # [T, A]
+        self.classifier = AttributeClassifier.fit(data.train_images, attributes_of(categories, train_cat))
+        self.test_attributes = attributes_of(categories, test_cat)            # [T, A]
         self.candidates = np.unique(test_cat)                                 # [C] test categories
-        self.candidate_attributes = attribute_of(self.candidates)             # [C, A]
+        self.candidate_attributes = attributes_of(categories, self.candidates)  # [C, A]
         self.test_class = np.searchsorted(self.candidates, test_cat)          # [T] index into candidates
         self.source = str(categories_path)
         self.n_way = min(DEFAULT_N_WAY, len(self.candidates)) if len(self.candidates) >= 2 else None

@@ -127,17 +127,17 @@ def check_fmri_features(path: Path, features: dict) -> None:
     """An existing demo fMRI autoencoder must be tied to these features (its file's `features` record):
     one trained for other features, or for an earlier revision of them, is refused, not replaced."""
     from inference.weights import read_weights
-    from models.provenance import current_features, feature_signature
+    from models.provenance import OK, feature_check
 
     payload = read_weights(path, "fmri_autoencoder")
     loss = payload.get("config", {}).get("Loss", {})
     if not loss.get("cls_weight") or loss.get("mask_ratio"):
         return                                             # its latent is not tied to any features
-    recorded = payload.get("features")
-    given = feature_signature(current_features(features))
-    if recorded is None or feature_signature(recorded) != given:
-        found = feature_signature(recorded) if recorded else "no feature record (trained before feature revisions)"
-        raise CheckpointError(describe(path, f"the demo fMRI autoencoder tied to the demo's features {given}",
+    check = feature_check("features", f"demo fMRI autoencoder {path} vs the demo's Features", payload.get("features"),
+                          features, "move the old demo weights aside", require_record=True)
+    if check.status != OK:
+        found = check.recorded or "no feature record (trained before feature revisions)"
+        raise CheckpointError(describe(path, f"the demo fMRI autoencoder tied to the demo's features {check.given}",
                                        f"{found}; the demo never replaces a weight: move the old demo weights "
                                        f"aside (mv checkpoints/demo checkpoints/demo_old) and run the demo again"))
 

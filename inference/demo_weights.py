@@ -41,17 +41,28 @@ RETRAIN_ROOT = Path("checkpoints/demo")
 RETRAIN_NAME = "image_side"
 STAGES = (("tokenizer", "configs/demo/tokenizer.yaml", "tokenizer.pt"),
           ("maskgit", "configs/demo/maskgit.yaml", "maskgit.pt"))
-DEMO_POOL = Path("dataset/simulated_pool")  # MaskGIT's training images (configs/demo/maskgit.yaml Data.image_folder)
 SIMULATE_COMMAND = "python -m datasets.simulate --out dataset/simulated --scale demo (seed 0)"
-DATA_COMMANDS = {"tokenizer": SIMULATE_COMMAND,   # how each stage's training images were made (manifest)
-                 "maskgit": f"{SIMULATE_COMMAND}; python -m datasets.decoder_pool --data dataset/simulated "
-                            f"--out {DEMO_POOL}"}
 REGENERATE_HINT = "make demo-train (python -m inference.demo_weights) regenerates them"
 
 
 def train_command(stage: str, config: str, overrides: list[str]) -> str:
     """The `train.py` command line a manifest records for a stage."""
     return " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
+
+
+def pool_folder() -> Path:
+    """MaskGIT's training images: the decoder pool its committed config names (Data.image_folder)."""
+    from utils.config import read_yaml
+
+    config = {stage: config for stage, config, _ in STAGES}["maskgit"]
+    return Path(read_yaml(config)["Data"]["image_folder"])
+
+
+def stage_data_command(stage: str) -> str:
+    """How a stage's training images were made, for the manifest."""
+    if stage == "tokenizer":
+        return SIMULATE_COMMAND
+    return f"{SIMULATE_COMMAND}; python -m datasets.decoder_pool --data dataset/simulated --out {pool_folder()}"
 
 
 def read_manifest(folder: Path) -> dict:
@@ -116,9 +127,10 @@ def prepare_data(log: Callable[[str], None] = print) -> None:
     if not (DEMO_SIM_ROOT / GROUND_TRUTH_DIR).is_dir():
         log(f"demo weights: simulating the demo data ({SIMULATE_COMMAND})")
         simulate(DEMO_SIM_ROOT, scale=DEMO_SCALE)
-    if not DEMO_POOL.is_dir():
-        log(f"demo weights: rendering the decoder pool into {DEMO_POOL}")
-        write_pool(DEMO_SIM_ROOT, DEMO_POOL)
+    pool = pool_folder()
+    if not pool.is_dir():
+        log(f"demo weights: rendering the decoder pool into {pool}")
+        write_pool(DEMO_SIM_ROOT, pool)
 
 
 def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -> Path:
@@ -134,7 +146,7 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
         finals[stage] = train_stage(stage, config, overrides, log)
         files[name] = {"command": train_command(stage, config, overrides), "config": config,
                        "extra": {"trained_seconds": round(time.time() - started), "run": str(finals[stage].parent),
-                                 "data": DATA_COMMANDS[stage]}}
+                                 "data": stage_data_command(stage)}}
     folder = new_run_dir(out_root, RETRAIN_NAME)
     for stage, _, name in STAGES:
         shutil.copyfile(finals[stage], folder / name)
@@ -191,7 +203,7 @@ def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | No
         seconds = rows[-1].get("time_s") if rows else None
         files[name] = {"command": train_command(stage, config, overrides), "config": config,
                        "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds,
-                                 "data": data_command or DATA_COMMANDS[stage]}}
+                                 "data": data_command or stage_data_command(stage)}}
     write_manifest(dest, files, note="trained by train.py from the committed demo configs, one CPU thread")
     return dest
 

@@ -214,8 +214,8 @@ class FMRIStage(Stage):
         self.config = cfg
         self.data = data
         self.masked = cfg.loss.mask_ratio > 0
-        use_features = self.features_used = cfg.loss.cls_weight > 0 and not self.masked
-        if use_features and cfg.model.latent_dim != cfg.features.dim:
+        self.features_used = cfg.loss.cls_weight > 0 and not self.masked
+        if self.features_used and cfg.model.latent_dim != cfg.features.dim:
             raise ConfigError(describe("Model.latent_dim (the latent is tied to the image feature, "
                                        "Loss.cls_weight > 0)", f"Features.dim = {cfg.features.dim}",
                                        cfg.model.latent_dim))
@@ -225,7 +225,7 @@ class FMRIStage(Stage):
         elif cfg.init.mindvis_ckpt:
             log(init_from_mindvis(model, cfg.init.mindvis_ckpt))
         features = None
-        if use_features:
+        if self.features_used:
             key = f"{data.dataset}_{data.subject}_train_images"
             features = image_features(cfg.features, data.train_images, key, cfg.train.progress)
         self.train_set = FMRITrials(data.train_fmri, data.train_image_index, features)
