@@ -14,6 +14,11 @@ guidance scale without the test set).
 - diversity: mean RMS pixel difference (0-1 scale) between two samples of the same image, next to
   that between samples of different images, and the mean feature correlation of two samples of
   one image;
+- attribute accuracy (simulated data): the semantic classifier (fitted on the training stimuli,
+  evaluation/semantic_sim.py) labels the round trip and every sample with shape, palette, stripe
+  orientation and frequency and layout; per attribute and their mean, beside the same classifier on
+  the scored stimuli themselves (with `--split train` the classifier has seen those stimuli, so that
+  ceiling is optimistic; the comparison between settings is what it is for);
 - condition probe (simulated data): how much of each category attribute the condition itself
   carries, i.e. the test accuracy of a linear softmax read-out of each attribute (shape, palette, ...)
   from the features MaskGIT is conditioned on, fitted on the training images' features (the
@@ -94,6 +99,28 @@ def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats:
             for a, (name, k, lp) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES, log_probs))}
 
 
+def attribute_accuracy(data, data_path: str, split: str, chosen: np.ndarray, columns: dict) -> dict:
+    """Per column (name -> uint8 images [T, S, H, W, 3] of the chosen stimuli): accuracy of the
+    semantic classifier per attribute and their mean; `chosen` indexes the split's images."""
+    path = find_categories_file(data_path)
+    if path is None:
+        return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
+    categories = read_categories(path)
+    train_cat, test_cat = stimulus_categories(data, categories, path.parent)
+    classifier = AttributeClassifier.fit(data.train_images, attributes_of(categories, train_cat))
+    truth = attributes_of(categories, (test_cat if split == "test" else train_cat)[chosen])  # [T, A]
+    out = {}
+    for name, images in columns.items():
+        t, s = images.shape[:2]
+        log_probs = classifier.log_probs(images.reshape(t * s, *images.shape[2:]))  # per attribute [T*S, k]
+        rates = {a: float((lp.argmax(1).numpy().reshape(t, s) == truth[:, i, None]).mean())
+                 for i, (a, lp) in enumerate(zip(ATTRIBUTES, log_probs))}
+        out[name] = {"mean": float(np.mean(list(rates.values()))), **rates}
+    out["chance"] = {"mean": float(np.mean([1.0 / k for k in ATTRIBUTE_SIZES])),
+                     **{a: 1.0 / k for a, k in zip(ATTRIBUTES, ATTRIBUTE_SIZES)}}
+    return out
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -123,9 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_trained_network("tokenizer", args.tokenizer)
     size = tokenizer.config.resolution
     if args.split == "test":
+        index = np.arange(len(data.test_images))
         chosen = data.test_images
     else:
-        chosen = data.train_images[np.linspace(0, len(data.train_images) - 1, args.count).round().astype(int)]
+        index = np.linspace(0, len(data.train_images) - 1, args.count).round().astype(int)
+        chosen = data.train_images[index]
     test = resize_images(chosen, size)  # [T, 3, S, S]
     test_u8 = to_uint8(test)  # [T, S, S, 3]
     gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
@@ -164,6 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
                        "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),
                        "diversity": diversity(images, feats)})
         columns += [(f"sample {k + 1}", images[:, k]) for k in range(args.num_samples)]
+    scored = {"stimuli": test_u8[:, None], "round_trip": rt[:, None]}
+    if args.maskgit:
+        scored["decoded_from_true_features"] = images
+    result["attribute_accuracy"] = attribute_accuracy(data, cfg.data.path, args.split, index, scored)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -30,6 +30,7 @@ from typing import Callable
 from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, shipped_but_missing, verify_shipped
 from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
+from utils.run_files import candidates
 
 DEMO_SIM_ROOT = Path("dataset/simulated")
 DEMO_SCALE = "demo"
@@ -92,7 +93,9 @@ def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[st
 
 def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
                   log: Callable[[str], None], progress: bool = True) -> None:
-    """Train `stage` and place its final file at `stable`, unless `stable` already exists."""
+    """Train `stage` and place its final file at `stable`, unless `stable` already names a weight file:
+    the file itself, or a `train.py` run folder or run name (utils/run_files.py), as every
+    checkpoint option accepts."""
     if stable.is_file():
         shipped = verify_shipped(stable)
         log(f"demo: using {stable}" + (f" (shipped; sha256 matches {stable.parent / MANIFEST_NAME})" if shipped else ""))
@@ -101,6 +104,10 @@ def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
         raise CheckpointError(describe(stable, f"the shipped demo {stage} weights that {stable.parent / MANIFEST_NAME} "
                                        "lists", f"no such file; restore it (git checkout -- {stable}) or "
                                        f"{REGENERATE_HINT}"))
+    found = candidates(stable, FINAL_FILES[stage])
+    if found:
+        log(f"demo: using {found[0]} (what {stable} names)")
+        return
     started = time.time()
     final = train_stage(stage, config, overrides, log, progress)
     placed = place_without_overwrite(final, stable)

@@ -1,6 +1,9 @@
-"""bench/eval_image_side.py --probe: how much of each attribute the MaskGIT condition carries."""
+"""bench/eval_image_side.py: how much of each attribute the MaskGIT condition carries (--probe), and
+the attribute accuracy of each scored column."""
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import models  # noqa: F401
 from datasets import load_subject
@@ -20,3 +23,23 @@ def test_probe_reads_palette_and_reports_recorded_data_as_skipped(sim_root, tmp_
     assert probe["palette"]["accuracy"] >= 0.8 > 3 * probe["palette"]["chance"]   # colour is in the features
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in probe.values())
     assert "skipped" in condition_probe(data, str(tmp_path), train, test)          # no ground truth there
+
+
+def test_attribute_accuracy_scores_each_column_against_the_chosen_stimuli(sim_root, tmp_path):
+    from eval_image_side import attribute_accuracy
+
+    data = load_subject("GOD", sim_root / GOD_DIR, "sbj_1")
+    index = np.arange(len(data.train_images))
+    stimuli = data.train_images[:, None]                                    # [T, 1, H, W, 3]
+    wrong = np.roll(data.train_images, 1, axis=0)[:, None].repeat(2, 1)     # every row shows another stimulus
+    result = attribute_accuracy(data, str(sim_root / GOD_DIR), "train", index, {"stimuli": stimuli, "wrong": wrong})
+    assert set(result) == {"stimuli", "wrong", "chance"}
+    for column in ("stimuli", "wrong"):
+        assert set(result[column]) == {"mean", "shape", "palette", "orientation", "frequency", "layout"}
+    assert result["stimuli"]["palette"] >= 0.9                   # the classifier was fitted on these images
+    assert result["stimuli"]["mean"] > result["wrong"]["mean"]   # shifted rows are scored against their own row
+    assert result["chance"]["palette"] == 1 / 6
+    test = attribute_accuracy(data, str(sim_root / GOD_DIR), "test", np.arange(len(data.test_images)),
+                              {"stimuli": data.test_images[:, None]})
+    assert test["stimuli"]["palette"] >= 0.8
+    assert "skipped" in attribute_accuracy(data, str(tmp_path), "test", index, {"stimuli": stimuli})

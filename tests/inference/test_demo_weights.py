@@ -110,6 +110,21 @@ def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):
         ensure_weight("tokenizer", tmp_path / "tokenizer.pt", str(config), [], log=lambda _: None)
 
 
+def test_a_run_folder_or_run_name_given_for_a_demo_weight_is_used_not_retrained(tmp_path):
+    from inference.demo import ensure_weight
+
+    run = tmp_path / "maskgit" / "demo_maskgit_20261206-143647"
+    run.mkdir(parents=True)
+    (run / "maskgit.pt").write_bytes(b"weights")
+    config = tmp_path / "maskgit.yaml"                     # training would fail on it: never reached
+    config.write_text("KIND: maskgit\n")
+    lines = []
+    for given in (run, tmp_path / "maskgit" / "demo_maskgit"):   # the run folder, then the run name
+        ensure_weight("maskgit", given, str(config), [], log=lines.append)
+        assert lines[-1] == f"demo: using {run / 'maskgit.pt'} (what {given} names)"
+    assert sorted(p.name for p in run.iterdir()) == ["maskgit.pt"]
+
+
 def test_ship_refuses_runs_not_trained_from_the_committed_config(tmp_path):
     import yaml
 
