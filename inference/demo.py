@@ -92,14 +92,14 @@ def train_stage(stage: str, config: str, overrides: list[str], log: Callable[[st
 
 
 def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
-                  log: Callable[[str], None], progress: bool = True) -> None:
+                  log: Callable[[str], None], progress: bool = True) -> Path:
     """Train `stage` and place its final file at `stable`, unless `stable` already names a weight file:
     the file itself, or a `train.py` run folder or run name (utils/run_files.py), as every
-    checkpoint option accepts."""
+    checkpoint option accepts. Returns the weight file the demo will use."""
     if stable.is_file():
         shipped = verify_shipped(stable)
         log(f"demo: using {stable}" + (f" (shipped; sha256 matches {stable.parent / MANIFEST_NAME})" if shipped else ""))
-        return
+        return stable
     if shipped_but_missing(stable):
         raise CheckpointError(describe(stable, f"the shipped demo {stage} weights that {stable.parent / MANIFEST_NAME} "
                                        "lists", f"no such file; restore it (git checkout -- {stable}) or "
@@ -107,12 +107,13 @@ def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
     found = candidates(stable, FINAL_FILES[stage])
     if found:
         log(f"demo: using {found[0]} (what {stable} names)")
-        return
+        return found[0]
     started = time.time()
     final = train_stage(stage, config, overrides, log, progress)
     placed = place_without_overwrite(final, stable)
     log(f"demo: {stage} trained in {time.time() - started:.0f} s; "
         + (f"placed at {stable}" if placed else f"{stable} appeared meanwhile and was kept; new weights in {final}"))
+    return stable
 
 
 def ensure_data(cfg: LEAConfig, progress: bool, log: Callable[[str], None]) -> None:
@@ -156,10 +157,10 @@ def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
         fmri = Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject))
-        ensure_weight("fmri", fmri, fmri_config, [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"],
-                      log, progress)
-        check_fmri_features(fmri, to_dict(cfg.features))
-    tokenizer = Path(cfg.checkpoints.tokenizer)
-    ensure_weight("tokenizer", tokenizer, STAGE_CONFIGS["tokenizer"], [], log, progress)
+        used = ensure_weight("fmri", fmri, fmri_config, [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"],
+                             log, progress)
+        check_fmri_features(used, to_dict(cfg.features))
+    tokenizer = ensure_weight("tokenizer", Path(cfg.checkpoints.tokenizer), STAGE_CONFIGS["tokenizer"], [], log,
+                              progress)
     ensure_weight("maskgit", Path(cfg.checkpoints.maskgit), STAGE_CONFIGS["maskgit"],
                   [f"Init.tokenizer={tokenizer}"], log, progress)

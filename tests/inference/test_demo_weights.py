@@ -120,7 +120,7 @@ def test_a_run_folder_or_run_name_given_for_a_demo_weight_is_used_not_retrained(
     config.write_text("KIND: maskgit\n")
     lines = []
     for given in (run, tmp_path / "maskgit" / "demo_maskgit"):   # the run folder, then the run name
-        ensure_weight("maskgit", given, str(config), [], log=lines.append)
+        assert ensure_weight("maskgit", given, str(config), [], log=lines.append) == run / "maskgit.pt"
         assert lines[-1] == f"demo: using {run / 'maskgit.pt'} (what {given} names)"
     assert sorted(p.name for p in run.iterdir()) == ["maskgit.pt"]
 
