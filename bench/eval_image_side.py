@@ -4,7 +4,9 @@ No fMRI is involved: the test images' own (true) features condition MaskGIT, so 
 what the image side can do at best. Printed and written as JSON:
 
 With `--split train` the same is measured on training images (for choosing settings such as the
-guidance scale without the test set).
+guidance scale without the test set). With `--split pool --pool FOLDER` it is measured on images of
+a decoder pool (`python -m datasets.decoder_pool`), i.e. on what MaskGIT was trained on: whether it
+fits what it saw, apart from whether it generalises (their attributes are read from the file names).
 
 - tokenizer: codes in use over the training and test images (out of the codebook), perplexity of
   the code distribution, and the round trip (encode -> decode) of the test images identified in
@@ -45,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402,F401  (registers the Model schemas)
 from datasets import load_subject  # noqa: E402
+from datasets.decoder_pool import pool_attributes  # noqa: E402
+from datasets.image_folder import image_files, load_image  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from evaluation.figures import column_grid  # noqa: E402
 from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClassifier, attributes_of,  # noqa: E402
@@ -99,16 +103,27 @@ def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats:
             for a, (name, k, lp) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES, log_probs))}
 
 
-def attribute_accuracy(data, data_path: str, split: str, chosen: np.ndarray, columns: dict) -> dict:
-    """Per column (name -> uint8 images [T, S, H, W, 3] of the chosen stimuli): accuracy of the
-    semantic classifier per attribute and their mean; `chosen` indexes the split's images."""
+def pool_sample(folder: str, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` evenly spaced images of a decoder pool, uint8 [T, size, size, 3], and their attributes
+    int [T, A] read from the file names."""
+    files = image_files(folder)
+    files = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
+    return np.stack([load_image(f, size) for f in files]), pool_attributes(files)
+
+
+def attribute_accuracy(data, data_path: str, split: str, chosen: np.ndarray, columns: dict,
+                       truth: np.ndarray | None = None) -> dict:
+    """Per column (name -> uint8 images [T, S, H, W, 3] of the chosen images): accuracy of the
+    semantic classifier per attribute and their mean; `chosen` indexes the split's stimuli, or
+    `truth` [T, A] gives the attributes of the chosen images (a decoder pool's)."""
     path = find_categories_file(data_path)
     if path is None:
         return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
     categories = read_categories(path)
     train_cat, test_cat = stimulus_categories(data, categories, path.parent)
     classifier = AttributeClassifier.fit(data.train_images, attributes_of(categories, train_cat))
-    truth = attributes_of(categories, (test_cat if split == "test" else train_cat)[chosen])  # [T, A]
+    if truth is None:
+        truth = attributes_of(categories, (test_cat if split == "test" else train_cat)[chosen])  # [T, A]
     out = {}
     for name, images in columns.items():
         t, s = images.shape[:2]
@@ -132,10 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="default: the config's Sampling.steps")
     p.add_argument("--temperature", type=float, default=None, help="default: Sampling.choice_temperature")
     p.add_argument("--guidance", type=float, default=None, help="default: Sampling.guidance_scale")
-    p.add_argument("--split", choices=("test", "train"), default="test",
+    p.add_argument("--split", choices=("test", "train", "pool"), default="test",
                    help="score the test stimuli, or --count evenly spaced training images (to choose settings "
-                        "without looking at the test set)")
-    p.add_argument("--count", type=int, default=25, help="training images scored with --split train")
+                        "without looking at the test set), or --count evenly spaced images of the decoder pool --pool")
+    p.add_argument("--count", type=int, default=25, help="images scored with --split train / pool")
+    p.add_argument("--pool", help="the decoder pool folder scored with --split pool (python -m datasets.decoder_pool)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe", action="store_true", help="also the condition probe (simulated data, test split)")
     p.add_argument("--set", action="append", default=[], help="config override Section.key=value")
@@ -149,12 +165,18 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = build_image_features_from_config(cfg.features)
     tokenizer = load_trained_network("tokenizer", args.tokenizer)
     size = tokenizer.config.resolution
+    truth = None
     if args.split == "test":
         index = np.arange(len(data.test_images))
         chosen = data.test_images
-    else:
+    elif args.split == "train":
         index = np.linspace(0, len(data.train_images) - 1, args.count).round().astype(int)
         chosen = data.train_images[index]
+    else:
+        if not args.pool:
+            raise SystemExit("--split pool needs --pool FOLDER (a folder of python -m datasets.decoder_pool)")
+        chosen, truth = pool_sample(args.pool, args.count, cfg.data.image_size)
+        index = np.arange(len(chosen))
     test = resize_images(chosen, size)  # [T, 3, S, S]
     test_u8 = to_uint8(test)  # [T, S, S, 3]
     gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     scored = {"stimuli": test_u8[:, None], "round_trip": rt[:, None]}
     if args.maskgit:
         scored["decoded_from_true_features"] = images
-    result["attribute_accuracy"] = attribute_accuracy(data, cfg.data.path, args.split, index, scored)
+    result["attribute_accuracy"] = attribute_accuracy(data, cfg.data.path, args.split, index, scored, truth)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -43,6 +43,26 @@ def combination_name(combo: tuple[int, ...]) -> str:
             f"{STRIPE_CYCLES[frequency]:g}cyc_{list(LAYOUTS)[layout]}")
 
 
+def parse_combination_name(name: str) -> tuple[int, ...]:
+    """The attribute indices (CATEGORY_ATTRIBUTES order) of a `combination_name`; DataError otherwise."""
+    parts = name.split("_")
+    try:
+        if len(parts) != len(CATEGORY_ATTRIBUTES) or not (parts[2].endswith("deg") and parts[3].endswith("cyc")):
+            raise ValueError(name)
+        combo = (SHAPES.index(parts[0]), list(PALETTES).index(parts[1]),
+                 ORIENTATIONS_DEG.index(float(parts[2][:-3])), STRIPE_CYCLES.index(float(parts[3][:-3])),
+                 list(LAYOUTS).index(parts[4]))
+    except ValueError:
+        raise DataError(describe(f"decoder-pool image name {name!r}",
+                                 "shape_palette_<deg>deg_<cycles>cyc_layout (combination_name)", "another name")) from None
+    return combo
+
+
+def pool_attributes(files: list[Path]) -> np.ndarray:
+    """Attributes int [N, A] of pool images `<combination name>_<k>.png` (CATEGORY_ATTRIBUTES order)."""
+    return np.array([parse_combination_name(f.stem.rsplit("_", 1)[0]) for f in files], dtype=np.int64)
+
+
 def unused_combinations(categories: list[dict]) -> list[tuple[int, ...]]:
     """Every attribute combination that none of `categories` (categories.json entries) uses, in order."""
     used = {tuple(int(c[a]) for a in CATEGORY_ATTRIBUTES) for c in categories}

@@ -39,13 +39,16 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
 
 
+def load_image(path: Path, size: int) -> np.ndarray:
+    """uint8 [size, size, 3] of one image file (`square`); DataError when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return square(image, size)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(describe(path, "a readable image", f"{type(err).__name__}: {err}")) from err
+
+
 def load_image_folder(folder: str | Path, size: int, progress: bool = True) -> np.ndarray:
     """uint8 [N, size, size, 3] of every image under `folder` (sorted by path)."""
-    out = []
-    for path in tqdm(image_files(folder), desc="reading images", disable=not progress):
-        try:
-            with Image.open(path) as image:
-                out.append(square(image, size))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(describe(path, "a readable image", f"{type(err).__name__}: {err}")) from err
-    return np.stack(out)
+    return np.stack([load_image(path, size)
+                     for path in tqdm(image_files(folder), desc="reading images", disable=not progress)])

@@ -6,8 +6,8 @@ from math import prod
 import numpy as np
 import pytest
 
-from datasets.decoder_pool import (CATEGORY_ATTRIBUTES, POOL_FILE, combination_name, main, unused_combinations,
-                                   write_pool)
+from datasets.decoder_pool import (CATEGORY_ATTRIBUTES, POOL_FILE, combination_name, main, parse_combination_name,
+                                   pool_attributes, unused_combinations, write_pool)
 from datasets.image_folder import image_files, load_image_folder
 from datasets.simulate import ATTRIBUTE_SIZES, GROUND_TRUTH_DIR
 from utils.errors import DataError
@@ -26,6 +26,17 @@ def test_pool_holds_every_unused_combination_and_no_category(sim_root, tmp_path)
     images = load_image_folder(out, record["image_size"], progress=False)
     assert images.shape == (len(names), record["image_size"], record["image_size"], 3)
     assert images.dtype == np.uint8 and images.std() > 10        # rendered pictures, not blanks
+    attributes = pool_attributes(image_files(out))                # [N, A], read back from the names
+    assert {combination_name(tuple(a)) for a in attributes} == names
+
+
+def test_combination_names_read_back_and_other_names_are_refused():
+    for combo in ((0, 0, 0, 0, 0), tuple(n - 1 for n in ATTRIBUTE_SIZES), (2, 3, 1, 1, 2)):
+        assert parse_combination_name(combination_name(combo)) == combo
+    for name in ("disc_ember_0deg_3cyc", "blob_ember_0deg_3cyc_centre", "disc_ember_7deg_3cyc_centre",
+                 "disc_ember_0_3cyc_centre"):
+        with pytest.raises(DataError, match="combination_name"):
+            parse_combination_name(name)
 
 
 def test_pool_refuses_an_existing_folder_and_a_folder_without_ground_truth(sim_root, tmp_path, capsys):

@@ -43,3 +43,19 @@ def test_attribute_accuracy_scores_each_column_against_the_chosen_stimuli(sim_ro
                               {"stimuli": data.test_images[:, None]})
     assert test["stimuli"]["palette"] >= 0.8
     assert "skipped" in attribute_accuracy(data, str(tmp_path), "test", index, {"stimuli": stimuli})
+
+
+def test_pool_images_are_scored_against_the_attributes_their_names_give(sim_root, tmp_path):
+    from eval_image_side import attribute_accuracy, pool_sample
+
+    from datasets.decoder_pool import write_pool
+
+    pool = write_pool(sim_root, tmp_path / "pool", per_combination=1, progress=False)
+    data = load_subject("GOD", sim_root / GOD_DIR, "sbj_1")
+    images, truth = pool_sample(str(pool), 40, data.train_images.shape[1])
+    assert images.shape == (40, *data.train_images.shape[1:]) and truth.shape == (40, 5)
+    shuffled = np.roll(images, 1, axis=0)
+    result = attribute_accuracy(data, str(sim_root / GOD_DIR), "pool", np.arange(40),
+                                {"renders": images[:, None], "shifted": shuffled[:, None]}, truth)
+    assert result["renders"]["palette"] >= 0.9                   # colour is easy for the classifier
+    assert result["renders"]["mean"] > result["shifted"]["mean"]
