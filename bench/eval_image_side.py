@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = data.train_images[index]
     else:
         if not args.pool:
-            raise SystemExit("--split pool needs --pool FOLDER (a folder of python -m datasets.decoder_pool)")
+            p.error("--split pool needs --pool FOLDER (a folder written by python -m datasets.decoder_pool)")
         chosen, truth = pool_sample(args.pool, args.count, cfg.data.image_size)
         index = np.arange(len(chosen))
     test = resize_images(chosen, size)  # [T, 3, S, S]
