@@ -88,16 +88,28 @@ def diversity(images: np.ndarray, feats: torch.Tensor) -> dict:
             "feature_corr_within_image": float(np.mean(corr))}
 
 
+NO_GROUND_TRUTH = "no simulator ground_truth/categories.json above the data folder"
+
+
+def stimulus_attributes(data, data_path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Attributes int of the training [M, A] and test [T, A] stimuli from the simulator's ground
+    truth above `data_path`; None on data without it (recorded data)."""
+    path = find_categories_file(data_path)
+    if path is None:
+        return None
+    categories = read_categories(path)
+    train_cat, test_cat = stimulus_categories(data, categories, path.parent)
+    return attributes_of(categories, train_cat), attributes_of(categories, test_cat)
+
+
 def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats: torch.Tensor) -> dict:
     """Per attribute: test accuracy of a linear read-out fitted on the training images' conditions
     [N, D] and applied to the test stimuli's [T, D], with its chance."""
-    path = find_categories_file(data_path)
-    if path is None:
-        return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
-    categories = read_categories(path)
-    train_cat, test_cat = stimulus_categories(data, categories, path.parent)
-    probe = AttributeClassifier.fit_features(train_feats.double(), attributes_of(categories, train_cat))
-    truth = attributes_of(categories, test_cat)  # [T, A]
+    attributes = stimulus_attributes(data, data_path)
+    if attributes is None:
+        return {"skipped": NO_GROUND_TRUTH}
+    train, truth = attributes  # [M, A], [T, A]
+    probe = AttributeClassifier.fit_features(train_feats.double(), train)
     log_probs = probe.log_probs_of_features(test_feats.double())  # per attribute [T, k]
     return {name: {"accuracy": float((lp.argmax(1).numpy() == truth[:, a]).mean()), "chance": 1.0 / k}
             for a, (name, k, lp) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES, log_probs))}
@@ -116,14 +128,13 @@ def attribute_accuracy(data, data_path: str, split: str, chosen: np.ndarray, col
     """Per column (name -> uint8 images [T, S, H, W, 3] of the chosen images): accuracy of the
     semantic classifier per attribute and their mean; `chosen` indexes the split's stimuli, or
     `truth` [T, A] gives the attributes of the chosen images (a decoder pool's)."""
-    path = find_categories_file(data_path)
-    if path is None:
-        return {"skipped": "no simulator ground_truth/categories.json above the data folder"}
-    categories = read_categories(path)
-    train_cat, test_cat = stimulus_categories(data, categories, path.parent)
-    classifier = AttributeClassifier.fit(data.train_images, attributes_of(categories, train_cat))
+    attributes = stimulus_attributes(data, data_path)
+    if attributes is None:
+        return {"skipped": NO_GROUND_TRUTH}
+    train, test = attributes  # [M, A], [T, A]
+    classifier = AttributeClassifier.fit(data.train_images, train)
     if truth is None:
-        truth = attributes_of(categories, (test_cat if split == "test" else train_cat)[chosen])  # [T, A]
+        truth = (test if split == "test" else train)[chosen]  # [T, A]
     out = {}
     for name, images in columns.items():
         t, s = images.shape[:2]
