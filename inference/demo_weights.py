@@ -17,9 +17,10 @@ the demo.
 
 `make demo-train` (`python -m inference.demo_weights`) trains both from scratch with the committed
 configs into a new folder `checkpoints/demo/image_side_<date-time>/` with its manifest (nothing
-existing is replaced; about an hour on one CPU thread; trained the same way, not bit-identical).
+existing is replaced; about 85 minutes on one CPU thread; trained the same way, not bit-identical).
 `python -m inference.demo_weights --ship TOKENIZER_RUN MASKGIT_RUN` copies two runs into
-demo_weights/ after checking that each was trained with its committed config (`ship`).
+demo_weights/ after checking that each was trained with its committed config (`ship`);
+`--ship-maskgit MASKGIT_RUN` ships a MaskGIT trained on the shipped tokenizer, which stays.
 """
 from __future__ import annotations
 
@@ -175,27 +176,69 @@ def check_run_matches_config(run: Path, stage: str, config: str) -> None:
                                        {k: (ran.get(k), committed.get(k)) for k in differ[:8]}))
 
 
+MANIFEST_COMPUTED = ("sha256", "bytes", "command", "config", "config_sha256")  # what write_manifest fills in
+
+
+def kept_record(dest: Path, name: str, config: str) -> dict:
+    """The manifest entry of a shipped file that a partial `ship` keeps: the file must match the manifest
+    and its config must still be the committed one."""
+    path = dest / name
+    if not path.is_file() or not verify_shipped(path):
+        raise CheckpointError(describe(path, f"a shipped file listed in {dest / MANIFEST_NAME} (kept as it is)",
+                                       "no such file" if not path.is_file() else "a file the manifest does not list"))
+    record = read_manifest(dest)["files"][name]
+    if file_sha256(config) != record["config_sha256"]:
+        raise CheckpointError(describe(f"{dest / MANIFEST_NAME} files.{name}.config_sha256",
+                                       f"the sha256 of {config} as committed now ({file_sha256(config)})",
+                                       f"{record['config_sha256']}: the config changed since {name} was trained; "
+                                       "retrain and ship it too"))
+    return {"command": record["command"], "config": record["config"],
+            "extra": {k: v for k, v in record.items() if k not in MANIFEST_COMPUTED}}
+
+
+def check_decoder_tokenizer(maskgit_file: Path, tokenizer_file: Path) -> None:
+    """The MaskGIT file must record the sha256 of the tokenizer shipped beside it (it learned those tokens)."""
+    from models.checkpoints import safe_torch_load
+
+    recorded = (safe_torch_load(maskgit_file).get("tokenizer") or {}).get("sha256")
+    found = file_sha256(tokenizer_file)
+    if recorded != found:
+        raise CheckpointError(describe(f"{maskgit_file} key 'tokenizer'.sha256", f"{found} ({tokenizer_file})",
+                                       recorded))
+
+
 def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | None = None) -> Path:
     """Copy the final files of the `train.py` runs {stage: run folder} into `dest` with their manifest.
-    Each run must have been trained from the committed config (check_run_matches_config); nothing in
-    `dest` is replaced (a file already there must be a copy of the run's: MaskGIT may have been trained
-    on the tokenizer's copy in `dest`); the total stays under MAX_TOTAL_BYTES."""
+    Each run must have been trained from the committed config (check_run_matches_config); a stage left
+    out of `runs` keeps its shipped file and manifest entry (`kept_record`), e.g. MaskGIT re-shipped
+    over the shipped tokenizer. Nothing in `dest` is replaced (a file already there must be a copy of
+    the run's: MaskGIT may have been trained on the tokenizer's copy in `dest`); the MaskGIT must
+    record the tokenizer shipped beside it; the total stays under MAX_TOTAL_BYTES."""
     from training.logger import read_log
 
-    finals = {stage: Path(runs[stage]) / name for stage, _, name in STAGES}
+    if not runs or set(runs) - {stage for stage, _, _ in STAGES}:
+        raise CheckpointError(describe("runs to ship", f"one or more of {[stage for stage, _, _ in STAGES]}",
+                                       sorted(runs)))
+    finals = {stage: Path(runs[stage]) / name if stage in runs else dest / name for stage, _, name in STAGES}
+    files = {}
     for stage, config, name in STAGES:
+        if stage not in runs:
+            files[name] = kept_record(dest, name, config)
+            continue
         if not finals[stage].is_file():
             raise CheckpointError(describe(finals[stage], f"the final {name} of a {stage} run", "no such file"))
         check_run_matches_config(Path(runs[stage]), stage, config)
         if (dest / name).exists() and file_sha256(dest / name) != file_sha256(finals[stage]):
             raise CheckpointError(describe(dest / name, "no file, or a copy of the run's (shipped weights are never "
                                            "replaced in place)", "another file; remove the shipped files first (git rm)"))
+    check_decoder_tokenizer(finals["maskgit"], finals["tokenizer"])
     total = sum(f.stat().st_size for f in finals.values())
     if total > MAX_TOTAL_BYTES:
         raise CheckpointError(describe("demo image-side weights", f"at most {MAX_TOTAL_BYTES} bytes in all", total))
     dest.mkdir(parents=True, exist_ok=True)
-    files = {}
     for stage, config, name in STAGES:
+        if stage not in runs:
+            continue
         if not (dest / name).exists():
             shutil.copyfile(finals[stage], dest / name)
         overrides = [f"Init.tokenizer={dest / 'tokenizer.pt'}"] if stage == "maskgit" else []
@@ -215,11 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", nargs=2, metavar=("TOKENIZER_RUN", "MASKGIT_RUN"),
                    help=f"instead of training: copy these two train.py runs' final files into {SHIPPED_DIR}/ "
                         "with a manifest (each run must match its committed config)")
+    p.add_argument("--ship-maskgit", metavar="MASKGIT_RUN",
+                   help=f"like --ship for MaskGIT alone, trained on the shipped {SHIPPED_DIR}/tokenizer.pt, "
+                        "which stays as its manifest lists it")
     p.add_argument("--data-command", default=None,
                    help="how the training images were made, for the manifest (default: the demo's commands)")
     args = p.parse_args(argv)
-    if args.ship:
-        folder = ship(dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))), data_command=args.data_command)
+    if args.ship or args.ship_maskgit:
+        runs = dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))) if args.ship else {}
+        if args.ship_maskgit:
+            if args.ship:
+                p.error("give --ship or --ship-maskgit, not both")
+            runs = {"maskgit": Path(args.ship_maskgit)}
+        folder = ship(runs, data_command=args.data_command)
         print(f"demo weights: shipped into {folder} ({MANIFEST_NAME} lists the files and commands)")
         return 0
     folder = retrain(Path(args.out))

@@ -141,3 +141,47 @@ def test_ship_refuses_runs_not_trained_from_the_committed_config(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
     with pytest.raises(CheckpointError, match="Train.max_steps"):
         check_run_matches_config(tmp_path, "tokenizer", config)
+
+
+def test_ship_maskgit_alone_keeps_the_shipped_tokenizer_and_checks_it_was_trained_on_it(tmp_path):
+    import torch
+    import yaml
+
+    import models  # noqa: F401
+    from inference.demo_weights import STAGES, read_manifest, ship
+    from utils.config import config_from_dict, read_yaml, to_dict
+    from utils.io import file_sha256
+
+    configs = {stage: config for stage, config, _ in STAGES}
+    dest = tmp_path / "shipped"
+    dest.mkdir()
+    (dest / "tokenizer.pt").write_bytes(b"tokenizer weights")
+    write_manifest(dest, {"tokenizer.pt": {"command": "python train.py tokenizer", "config": configs["tokenizer"],
+                                           "extra": {"run": "tok_run", "trained_seconds": 7}}}, note="test")
+
+    def maskgit_run(name: str, tokenizer_sha: str):
+        run = tmp_path / name
+        run.mkdir()
+        values = to_dict(config_from_dict(read_yaml(configs["maskgit"]), configs["maskgit"], kind="maskgit"))
+        values["Train"]["out_dir"] = str(tmp_path)
+        (run / "config.yaml").write_text(yaml.safe_dump(values))
+        torch.save({"model": {}, "tokenizer": {"path": "x", "sha256": tokenizer_sha}}, run / "maskgit.pt")
+        (run / "log.csv").write_text("step,time_s\n1,3.5\n")
+        return run
+
+    with pytest.raises(CheckpointError, match="'tokenizer'.sha256"):
+        ship({"maskgit": maskgit_run("other_tokens", "0" * 64)}, dest)
+    assert not (dest / "maskgit.pt").exists()              # refused before anything was copied
+
+    run = maskgit_run("mg_run", file_sha256(dest / "tokenizer.pt"))
+    ship({"maskgit": run}, dest)
+    files = read_manifest(dest)["files"]
+    assert files["tokenizer.pt"]["run"] == "tok_run" and files["tokenizer.pt"]["trained_seconds"] == 7
+    assert files["maskgit.pt"]["run"] == "mg_run" and files["maskgit.pt"]["trained_seconds"] == 3.5
+    assert files["maskgit.pt"]["sha256"] == file_sha256(run / "maskgit.pt") == file_sha256(dest / "maskgit.pt")
+    assert verify_shipped(dest / "tokenizer.pt") and verify_shipped(dest / "maskgit.pt")
+
+    (dest / "tokenizer.pt").write_bytes(b"changed tokenizer")  # a kept file must still match its manifest
+    (dest / "maskgit.pt").unlink()
+    with pytest.raises(CheckpointError, match="sha256"):
+        ship({"maskgit": run}, dest)
