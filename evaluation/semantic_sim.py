@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -244,3 +245,10 @@ def semantic_scorer_or_reason(data: SubjectData, data_path: str | Path, stimuli:
 def skipped_semantic(reason: str) -> list[Metric]:
     """The semantic metrics, skipped with `reason`."""
     return [skipped("sim_attribute_accuracy", reason), skipped("sim_category_top1", reason)]
+
+
+def semantic_metrics_fn(scorer: SemanticScorer | None, reason: str | None) -> Callable[[np.ndarray], list[Metric]]:
+    """decoded images [T, S, H, W, 3] -> the semantic metrics: the scorer's, or skipped with `reason`."""
+    if scorer is not None:
+        return scorer.score
+    return lambda images: skipped_semantic(reason)

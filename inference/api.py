@@ -247,6 +247,7 @@ class LEA:
         """
         from evaluation.classifier import classifier_or_reason
         from evaluation.metrics import resize_images
+        from evaluation.semantic_sim import semantic_metrics_fn, semantic_scorer_or_reason
         from inference.evaluate import evaluate_subject, load_scoring_tools
         from inference.run_lea import ground_truth_file, simulator_scores  # run_lea imports this module
 
@@ -262,5 +263,7 @@ class LEA:
             folder = Path(charts_to) if charts_to is not None else Path(scratch)
             folder.mkdir(parents=True, exist_ok=True)
             sections, _, _ = evaluate_subject(self.pipeline, data, cfg, decoded, encoded, gt, tools, folder,
-                                              simulator_scores(truth, data), self.log)
+                                              simulator_scores(truth, data), self.log,
+                                              semantic_metrics=semantic_metrics_fn(
+                                                  *semantic_scorer_or_reason(data, cfg.data.path, stimuli=gt)))
         return sections

@@ -210,12 +210,16 @@ def draw_charts(folder: Path, data: SubjectData, sections: dict[str, list[M.Metr
 
 def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encoded, gt: np.ndarray,
                      tools: ScoringTools, folder: Path, simulator_metrics: Callable[[np.ndarray], list[M.Metric]],
-                     log, extra: dict[str, list[M.Metric]] | None = None
+                     log, semantic_metrics: Callable[[np.ndarray], list[M.Metric]] | None = None,
+                     extra: dict[str, list[M.Metric]] | None = None
                      ) -> tuple[dict[str, list[M.Metric]], dict[str, Any], dict[str, str]]:
     """All metric sections of one subject, the settings to report with them, and the chart files.
 
-    `extra` metrics computed elsewhere are put first in their section and get intervals too.
+    `semantic_metrics` (decoded images -> metrics, `semantic_sim.semantic_metrics_fn`) lead the decoding
+    section of every mode scored. `extra` metrics computed elsewhere are put first in their section and
+    get intervals too.
     """
+    semantic = semantic_metrics or (lambda images: [])
     ev = cfg.eval
     n = len(data.test_fmri)
     indices = bootstrap_indices(n, ev.bootstrap, ev.seed)
@@ -228,7 +232,8 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
             log(f"{data.subject}: {no_ceiling}")
     headline = _mode_label(lea.heads.restandardize)
     stimulus_feats = encoded.features                                            # [T, D] of the stimuli
-    sections = {"decoding": decoding_metrics(gt, decoded.images, decoded.features, stimulus_feats, tools),
+    sections = {"decoding": semantic(decoded.images) + decoding_metrics(gt, decoded.images, decoded.features,
+                                                                         stimulus_feats, tools),
                 "encoding": (ceiling_metrics(stats, data.roi_patch, data.roi_names, data.num_voxels, indices,
                                              ev.ci_level, no_ceiling)
                              + _encoding(data, encoded.fmri, stats, indices, ev.ci_level, no_ceiling)
@@ -246,8 +251,8 @@ def evaluate_subject(lea: LEA, data: SubjectData, cfg: LEAConfig, decoded, encod
             enc_other = lea.encode(data.test_images)
         finally:
             lea.heads.restandardize = not lea.heads.restandardize
-        sections[f"decoding_{other}"] = decoding_metrics(gt, dec_other.images, dec_other.features,
-                                                         stimulus_feats, tools)
+        sections[f"decoding_{other}"] = semantic(dec_other.images) + decoding_metrics(
+            gt, dec_other.images, dec_other.features, stimulus_feats, tools)
         sections[f"encoding_{other}"] = _encoding(data, enc_other.fmri, stats, indices, ev.ci_level, no_ceiling)
         modes.append(other)
     settings: dict[str, Any] = {"headline_mode": f"{headline}: {MODE_NOTES[headline]}", "modes_scored": modes,

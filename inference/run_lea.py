@@ -43,7 +43,7 @@ from evaluation.figures import fmri_scatter, sample_grid, save_image_files, save
 from inference.evaluate import evaluate_subject, load_scoring_tools, n_way_for, summary_lines
 from evaluation.diagnostics import FIGURE_FILE as DIAGNOSTICS_FIGURE, diagnose
 from evaluation.diagnostics import NOTE as DIAGNOSTICS_NOTE
-from evaluation.semantic_sim import semantic_scorer_or_reason, skipped_semantic
+from evaluation.semantic_sim import semantic_metrics_fn, semantic_scorer_or_reason
 
 GRID_MAX_ROWS = 20            # trials shown in sample_image.png
 
@@ -299,8 +299,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     save_png(folder / DIAGNOSTICS_FIGURE, diag.figure)
     metrics, eval_settings, charts = evaluate_subject(
         lea, data, cfg, decoded, encoded, gt, tools, folder, simulator_scores(truth, data), log,
-        extra={"decoding": scorer.score(images) if scorer else skipped_semantic(semantic_reason),
-               "diagnostics": diag.metrics})
+        semantic_metrics=semantic_metrics_fn(scorer, semantic_reason), extra={"diagnostics": diag.metrics})
     settings = {
         "dataset": data.dataset, "subject": subject, "num_test_trials": int(len(data.test_fmri)),
         "num_voxels": data.num_voxels, "roi_names": data.roi_names, "roi_patch": data.roi_patch,

@@ -52,6 +52,9 @@ def test_evaluate_scores_the_test_set_as_the_scripts_do(lea, tmp_path):
     assert 0.0 <= decoding["pairwise_ssim"].value <= 1.0 and decoding["pairwise_ssim"].chance == 0.5
     semantic = [m for m in metrics["decoding"] if m.name.startswith("classifier_")]
     assert semantic and all(m.value is None and "ViT-H/14" in m.skipped for m in semantic)
+    # simulated data: the semantic attribute accuracy leads the decoding sections, as in the scripts
+    for section in ("decoding", "decoding_leakage_free"):
+        assert metrics[section][0].name == "sim_attribute_accuracy" and metrics[section][0].value is not None
     assert encoding["encoding_pearson_mean"].chance == 0.0
     assert any(p.suffix == ".png" for p in (tmp_path / "charts").iterdir())
 

@@ -116,6 +116,9 @@ def check_run_folder(run: Path, dataset: str, subject: str) -> None:
     assert list(dec)[0] == "sim_attribute_accuracy" and re.fullmatch(r"sim_category_\d+way_top1", list(dec)[1])
     assert dec["sim_attribute_accuracy"]["chance"] == pytest.approx(np.mean([1 / 6, 1 / 6, 1 / 4, 1 / 2, 1 / 4]))
     assert 0.0 <= dec["sim_attribute_accuracy"]["details"]["stimuli_ceiling"] <= 1.0
+    # ... in the other mode's decoding section too (its own decoded images, so its own values)
+    other = metrics["decoding_leakage_free"]
+    assert list(other)[:2] == list(dec)[:2] and other["sim_attribute_accuracy"]["value"] is not None
     diag = metrics["diagnostics"]
     for stage in ("tokenizer_round_trip", "decoded_from_true_features", "retrieval_baseline", "lea_decoded"):
         assert 0.0 <= diag[f"{stage}/handcrafted_pairwise_pcc"]["value"] <= 1.0, stage
