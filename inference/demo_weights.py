@@ -17,7 +17,7 @@ the demo.
 
 `make demo-train` (`python -m inference.demo_weights`) trains both from scratch with the committed
 configs into a new folder `checkpoints/demo/image_side_<date-time>/` with its manifest (nothing
-existing is replaced; about 85 minutes on one CPU thread; trained the same way, not bit-identical).
+existing is replaced; about an hour and a half on one CPU thread; trained the same way, not bit-identical).
 `python -m inference.demo_weights --ship TOKENIZER_RUN MASKGIT_RUN` copies two runs into
 demo_weights/ after checking that each was trained with its committed config (`ship`);
 `--ship-maskgit MASKGIT_RUN` ships a MaskGIT trained on the shipped tokenizer, which stays.
@@ -255,21 +255,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Regenerate the demo's image-side weights (tokenizer, MaskGIT) "
                                             "from the committed demo configs")
     p.add_argument("--out", default=str(RETRAIN_ROOT), help="the new folder is made under this one")
-    p.add_argument("--ship", nargs=2, metavar=("TOKENIZER_RUN", "MASKGIT_RUN"),
-                   help=f"instead of training: copy these two train.py runs' final files into {SHIPPED_DIR}/ "
-                        "with a manifest (each run must match its committed config)")
-    p.add_argument("--ship-maskgit", metavar="MASKGIT_RUN",
-                   help=f"like --ship for MaskGIT alone, trained on the shipped {SHIPPED_DIR}/tokenizer.pt, "
-                        "which stays as its manifest lists it")
+    shipping = p.add_mutually_exclusive_group()
+    shipping.add_argument("--ship", nargs=2, metavar=("TOKENIZER_RUN", "MASKGIT_RUN"),
+                          help=f"instead of training: copy these two train.py runs' final files into {SHIPPED_DIR}/ "
+                               "with a manifest (each run must match its committed config)")
+    shipping.add_argument("--ship-maskgit", metavar="MASKGIT_RUN",
+                          help=f"like --ship for MaskGIT alone, trained on the shipped {SHIPPED_DIR}/tokenizer.pt, "
+                               "which stays as its manifest lists it")
     p.add_argument("--data-command", default=None,
                    help="how the training images were made, for the manifest (default: the demo's commands)")
     args = p.parse_args(argv)
     if args.ship or args.ship_maskgit:
-        runs = dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))) if args.ship else {}
-        if args.ship_maskgit:
-            if args.ship:
-                p.error("give --ship or --ship-maskgit, not both")
-            runs = {"maskgit": Path(args.ship_maskgit)}
+        runs = (dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))) if args.ship
+                else {"maskgit": Path(args.ship_maskgit)})
         folder = ship(runs, data_command=args.data_command)
         print(f"demo weights: shipped into {folder} ({MANIFEST_NAME} lists the files and commands)")
         return 0
@@ -283,4 +281,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from utils.guard import guarded
+
+    raise SystemExit(guarded(lambda folders: main(), "python -m inference.demo_weights"))
