@@ -103,14 +103,17 @@ def shipped_but_missing(path: str | Path) -> bool:
     return path.name in read_manifest(path.parent)["files"]
 
 
+MANIFEST_COMPUTED = ("sha256", "bytes", "command", "config", "config_sha256")  # what write_manifest fills in
+
+
 def write_manifest(folder: Path, files: dict[str, dict], note: str) -> Path:
     """Manifest of the weight files in `folder`: {name: {'command', 'config', ...}} plus sha256 and bytes."""
     records = {}
     for name, info in files.items():
         path = folder / name
         config = info["config"]
-        records[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size, "command": info["command"],
-                         "config": config, "config_sha256": file_sha256(config), **info.get("extra", {})}
+        computed = (file_sha256(path), path.stat().st_size, info["command"], config, file_sha256(config))
+        records[name] = {**dict(zip(MANIFEST_COMPUTED, computed)), **info.get("extra", {})}
     manifest = {"files": records, "total_bytes": sum(r["bytes"] for r in records.values()),
                 "max_total_bytes": MAX_TOTAL_BYTES, "note": note, "regenerate": REGENERATE_HINT,
                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -174,9 +177,6 @@ def check_run_matches_config(run: Path, stage: str, config: str) -> None:
     if differ:
         raise CheckpointError(describe(f"{run / 'config.yaml'}", f"the settings of {config}",
                                        {k: (ran.get(k), committed.get(k)) for k in differ[:8]}))
-
-
-MANIFEST_COMPUTED = ("sha256", "bytes", "command", "config", "config_sha256")  # what write_manifest fills in
 
 
 def kept_record(dest: Path, name: str, config: str) -> dict:
