@@ -89,13 +89,16 @@ CONDITION_AUGMENTATION_KEYS = ("condition_drop", "condition_noise", "condition_s
 
 def maskgit_condition_recipe(path: str | Path) -> dict:
     """How a MaskGIT model file was trained to take its condition: the Loss.condition_* values of
-    its training config (absent keys, e.g. in files from before these options, count as 0 = off).
+    its training config (absent keys, e.g. in files from before these options, count as 0 = off)
+    and its Model.condition path ('prefix', the release's, when absent).
     A Hub-style folder's config.json holds the same training config."""
     payload = read_config(path, "maskgit") if Path(path).is_dir() else safe_torch_load(path)
-    loss = (payload.get("config") or {}).get("Loss") or {} if isinstance(payload, dict) else {}
+    config = (payload.get("config") or {}) if isinstance(payload, dict) else {}
+    loss = config.get("Loss") or {}
     recipe = {k: float(loss.get(k, 0.0)) for k in CONDITION_AUGMENTATION_KEYS}
     recipe["note"] = ("condition augmentation on (noise / shrink / drop as listed)" if any(recipe.values())
                       else "off: the release's training (no condition noise, no condition dropout)")
+    recipe["condition_path"] = (config.get("Model") or {}).get("condition", "prefix")
     return recipe
 
 

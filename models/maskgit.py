@@ -6,6 +6,11 @@ over [condition; tokens] are added, then LayerNorm and dropout, then BERT-style 
 Logits are tied to the token embedding: mlps(x) @ token_emb.weight^T + mlps_bias; the condition
 position and the logits of the non-codebook ids are dropped.
 
+`condition: adaln` (opt-in; the release has `prefix` only) also feeds the condition to every layer:
+each LayerNorm output is scaled and shifted by (1 + scale, shift) computed from the condition token's
+embedding (SiLU, then a per-layer Linear initialised to zero, so training starts from the prefix
+model). The extra parameters are `decoder.<i>.modulation.*`.
+
 Parameter names follow the authors' release, so its checkpoints load with strict=True.
 """
 from __future__ import annotations
@@ -27,6 +32,8 @@ from utils.errors import ConfigError, DataError, describe
 LAYER_NORM_EPS = 1e-12  # LayerNorm eps inside the layers and the head (BERT convention)
 INIT_STD = 0.02  # std of the truncated-normal init of Linear and Embedding weights
 EPS = 1e-20  # floor inside logs of probabilities and uniform noise
+CONDITION_MODES = ("prefix", "adaln")
+MODULATED_NORMS = 2  # LayerNorms per layer whose output the condition scales and shifts ('adaln')
 
 
 @register_model_config("maskgit")
@@ -41,8 +48,11 @@ class MaskGITConfig:
     condition_dim: int = 1024
     extra_tokens: int = 1000  # unused ids between the codebook and the mask id, as in the release
     mlp_ratio: float = 4.0
+    condition: str = "prefix"  # 'prefix' (the release's one condition token) | 'adaln' (also every layer)
 
     def __post_init__(self):
+        if self.condition not in CONDITION_MODES:
+            raise ConfigError(describe("MaskGIT condition", f"one of {list(CONDITION_MODES)}", repr(self.condition)))
         if self.embed_dim % self.num_heads:
             raise ConfigError(describe("MaskGIT embed_dim", f"a multiple of num_heads = {self.num_heads}",
                                        self.embed_dim))
@@ -122,9 +132,13 @@ class SelfAttention(nn.Module):
 
 
 class PostNormLayer(nn.Module):
-    """x = norm1(x + drop(attn(x))); x = norm2(x + drop(linear2(gelu(linear1(x)))))."""
+    """x = norm1(x + drop(attn(x))); x = norm2(x + drop(linear2(gelu(linear1(x))))).
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float):
+    With `conditioned`, each norm's output n becomes n * (1 + scale) + shift, (shift, scale) per norm
+    from `modulation(cond)`, cond being the condition token's embedding [B, C].
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float, conditioned: bool = False):
         super().__init__()
         self.self_attn = SelfAttention(dim, num_heads, drop)
         self.linear1 = nn.Linear(dim, int(dim * mlp_ratio))
@@ -132,11 +146,18 @@ class PostNormLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.dropout = nn.Dropout(drop)
+        self.modulation = (nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * MODULATED_NORMS * dim))
+                           if conditioned else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] -> [B, N, C]."""
-        x = self.norm1(x + self.dropout(self.self_attn(x)))
-        return self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x)))))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, N, C], cond: [B, C] (used only by a conditioned layer) -> [B, N, C]."""
+        if self.modulation is None:
+            x = self.norm1(x + self.dropout(self.self_attn(x)))
+            return self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x)))))
+        shift1, scale1, shift2, scale2 = self.modulation(cond).unsqueeze(1).chunk(2 * MODULATED_NORMS, dim=-1)  # 4 x [B, 1, C]
+        x = self.norm1(x + self.dropout(self.self_attn(x))) * (1 + scale1) + shift1
+        x = self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x))))) * (1 + scale2) + shift2
+        return x
 
 
 class MaskGITTransformer(PretrainedMixin, nn.Module):
@@ -155,7 +176,8 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
         self.de_pos_emb = nn.Embedding(c.num_tokens + 1, c.embed_dim)  # [condition; tokens]
         self.ln = nn.LayerNorm(c.embed_dim)
         self.drop = nn.Dropout(c.drop_rate)
-        self.decoder = nn.ModuleList(PostNormLayer(c.embed_dim, c.num_heads, c.mlp_ratio, c.drop_rate)
+        self.decoder = nn.ModuleList(PostNormLayer(c.embed_dim, c.num_heads, c.mlp_ratio, c.drop_rate,
+                                                   conditioned=c.condition == "adaln")
                                      for _ in range(c.depth))
         self.mlps = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
                                   nn.LayerNorm(c.embed_dim, eps=LAYER_NORM_EPS))
@@ -163,9 +185,14 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """Linear / Embedding weights truncated-normal(0, 0.02), zero biases, LayerNorm 1/0."""
+        """Linear / Embedding weights truncated-normal(0, 0.02), zero biases, LayerNorm 1/0; the
+        'adaln' modulations zero (each layer starts as the prefix model's)."""
         nn.init.zeros_(self.mlps_bias)
         self.apply(self._init_module)
+        for layer in self.decoder:
+            if layer.modulation is not None:
+                nn.init.zeros_(layer.modulation[-1].weight)
+                nn.init.zeros_(layer.modulation[-1].bias)
 
     @staticmethod
     def _init_module(m: nn.Module):
@@ -185,12 +212,12 @@ class MaskGITTransformer(PretrainedMixin, nn.Module):
         if condition.shape != (token_ids.shape[0], c.condition_dim):
             raise DataError(describe("MaskGIT condition", f"[{token_ids.shape[0]}, {c.condition_dim}]",
                                      list(condition.shape)))
-        cond = self.decoder_embed(condition).unsqueeze(1)  # [B, 1, C]
+        cond = self.decoder_embed(condition)  # [B, C]
         tokens = self.token_emb(token_ids)  # [B, N, C]
-        x = torch.cat([cond, tokens.to(cond.dtype)], dim=1) + self.de_pos_emb.weight  # [B, N+1, C]
+        x = torch.cat([cond.unsqueeze(1), tokens.to(cond.dtype)], dim=1) + self.de_pos_emb.weight  # [B, N+1, C]
         x = self.drop(self.ln(x))
         for layer in self.decoder:
-            x = layer(x)
+            x = layer(x, cond)
         head = self.mlps(x[:, 1:])  # [B, N, C]; the condition position has no logits
         return F.linear(head, self.token_emb.weight[:c.num_codebook],
                         self.mlps_bias[:c.num_codebook])  # [B, N, num_codebook]

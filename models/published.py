@@ -46,6 +46,17 @@ from utils.errors import CheckpointError, describe
 TOKENIZER_KIND = "tokenizer"              # `kind` of train.py's tokenizer.pt
 CONDITION_PREFIX = "decoder_embed."       # LEA's condition projection: never taken from ImageNet MaskGIT
 CONDITION_REASON = "condition projection (image feature -> first token): new in LEA, replaces the class token"
+MODULATION_KEY = re.compile(r"decoder\.\d+\.modulation\.")  # per-layer condition path of `condition: adaln`
+MODULATION_REASON = "per-layer condition modulation (Model.condition: adaln): new in LEA, starts at zero"
+
+
+def new_in_lea(key: str) -> str | None:
+    """Why parameter `key` of the conditional transformer has no ImageNet counterpart, or None."""
+    if key.startswith(CONDITION_PREFIX):
+        return CONDITION_REASON
+    if MODULATION_KEY.match(key):
+        return MODULATION_REASON
+    return None
 RELEASE_FMRI_PREFIX = "transformer."      # inside DataParallel(Neural_fMRI2fMRI)
 RELEASE_DECODER_PARTS = {"transformer.": "MaskGIT transformer", "vqgan.": "VQGAN tokenizer"}
 IMAGENET_TRANSFORMER_HINT = ("MaskGIT's published class-conditional ImageNet-256 transformer: the release's "
@@ -195,7 +206,7 @@ def _convert_flax(array: np.ndarray, how: str) -> torch.Tensor:
 
 def flax_transformer_state(tree: Mapping[str, np.ndarray], target: Mapping[str, torch.Tensor], depth: int,
                            num_heads: int, source: str | Path) -> tuple[dict[str, torch.Tensor], list[tuple[str, list[int], str]]]:
-    """Google's flattened Flax MaskGIT tree -> our names (every key of `target` but `decoder_embed.*`).
+    """Google's flattened Flax MaskGIT tree -> our names (every key of `target` but those `new_in_lea`).
 
     Returns the state dict and the Flax entries left unused. Raises CheckpointError listing every
     missing entry and every shape that does not fit, by Flax name and by our name.
@@ -204,7 +215,7 @@ def flax_transformer_state(tree: Mapping[str, np.ndarray], target: Mapping[str, 
     names = flax_transformer_names(depth)
     state, problems, used = {}, [], set()
     for key, ref in target.items():
-        if key.startswith(CONDITION_PREFIX):
+        if new_in_lea(key):
             continue
         if key not in names:
             problems.append(f"unmapped    {key}  model {list(ref.shape)} (no Flax counterpart known)")
@@ -233,9 +244,10 @@ def flax_transformer_state(tree: Mapping[str, np.ndarray], target: Mapping[str, 
 def load_imagenet_transformer(path: str | Path, model: MaskGITTransformer) -> LoadReport:
     """Start `model` from MaskGIT's published class-conditional ImageNet-256 transformer.
 
-    Every weight but the condition projection `decoder_embed.*` is taken and must be present with
-    the model's shape; `decoder_embed.*` keeps the model's initialisation (a `decoder_embed.*` in the
-    file is ignored). Nothing is loaded unless everything fits.
+    Every weight but the condition projection `decoder_embed.*` (and, with `condition: adaln`, the
+    per-layer `decoder.<i>.modulation.*`) is taken and must be present with the model's shape; those
+    keep the model's initialisation (such keys in the file are ignored). Nothing is loaded unless
+    everything fits.
 
     `path`: a `.npz` of Google's flattened Flax tree, or a PyTorch / safetensors state dict in our
     (the release's) names, bare or wrapped in `{'model': ...}`, `module.` prefixes allowed.
@@ -251,10 +263,10 @@ def load_imagenet_transformer(path: str | Path, model: MaskGITTransformer) -> Lo
                                                         model.config.num_heads, path)
     else:
         given = extract_state_dict(safe_torch_load(path), path)
-        state = {k: v for k, v in given.items() if not k.startswith(CONDITION_PREFIX)}
-        report.ignored = [(k, list(v.shape), "LEA's condition projection is trained anew")
-                          for k, v in given.items() if k.startswith(CONDITION_PREFIX)]
-        expected = {k: v for k, v in target.items() if not k.startswith(CONDITION_PREFIX)}
+        state = {k: v for k, v in given.items() if not new_in_lea(k)}
+        report.ignored = [(k, list(v.shape), "LEA's condition path is trained anew")
+                          for k, v in given.items() if new_in_lea(k)]
+        expected = {k: v for k, v in target.items() if not new_in_lea(k)}
         problems = state_dict_problems(expected, state)
         if problems:
             raise CheckpointError(f"{path}: ImageNet MaskGIT weights do not fit the transformer "
@@ -265,7 +277,7 @@ def load_imagenet_transformer(path: str | Path, model: MaskGITTransformer) -> Lo
     for key, value in state.items():
         merged[key] = value.to(target[key].dtype)
         report.taken.append((key, list(value.shape)))
-    report.new = [(k, list(v.shape), CONDITION_REASON) for k, v in target.items() if k.startswith(CONDITION_PREFIX)]
+    report.new = [(k, list(v.shape), new_in_lea(k)) for k, v in target.items() if new_in_lea(k)]
     model.load_state_dict(merged, strict=True)
     return report
 

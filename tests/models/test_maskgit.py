@@ -179,3 +179,27 @@ def test_guided_logits_contrast_with_the_null_condition(model):
     assert guided.shape == (3, 2, N) and int(guided.max()) < NUM_CODEBOOK
     with pytest.raises(ConfigError, match="guidance_scale"):
         model.generate(cond, guidance_scale=-1.0)
+
+
+def test_adaln_condition_starts_as_the_prefix_model_and_conditions_every_layer(model):
+    """`condition: adaln` adds only `decoder.<i>.modulation.*`, initialised to zero (the same network
+    as the prefix model at first); once trained, the condition reaches every layer's norms."""
+    config = MaskGITConfig(**{**vars(model.config), "condition": "adaln"})
+    adaln = MaskGITTransformer(config).eval()
+    extra = set(adaln.state_dict()) - set(model.state_dict())
+    assert extra == {f"decoder.{i}.modulation.1.{p}" for i in range(2) for p in ("weight", "bias")}
+    assert all(not adaln.state_dict()[k].any() for k in extra)
+    adaln.load_state_dict({**adaln.state_dict(), **model.state_dict()})
+    ids, cond = torch.randint(0, NUM_CODEBOOK, (3, N)), torch.randn(3, COND_DIM)
+    assert torch.equal(adaln(ids, cond), model(ids, cond))
+
+    # One layer, the same input: with non-zero modulation its output follows the condition.
+    layer = adaln.decoder[0]
+    x = torch.randn(3, N + 1, 32)
+    with torch.no_grad():
+        layer.modulation[-1].weight.normal_()
+    c = adaln.decoder_embed(cond)
+    assert not torch.allclose(layer(x, c), layer(x, c + 1.0))
+    assert torch.allclose(model.decoder[0](x), model.decoder[0](x, c + 1.0))  # prefix layers ignore it
+    with pytest.raises(ConfigError, match="condition"):
+        MaskGITConfig(condition="cross")

@@ -214,3 +214,19 @@ def test_published_tokenizer_flax_tree(tmp_path):
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in vqgan.state_dict().items())
     with pytest.raises(CheckpointError, match="tok.npz: Flax tokenizer tree does not fit"):
         load_frozen_tokenizer(tmp_path / "tok.npz", token_grid=16)   # the published 256 px architecture
+
+
+def test_imagenet_transformer_leaves_the_adaln_condition_path_new(tmp_path):
+    """With `condition: adaln` the per-layer modulations are listed as new and keep their zero start;
+    every ImageNet weight is still taken."""
+    ref = imagenet_model()
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith(CONDITION_PREFIX)}
+    torch.save(state, tmp_path / "imagenet.pth")
+    model = MaskGITTransformer(MaskGITConfig(**{**vars(TINY_MASKGIT), "condition": "adaln"}))
+    report = load_imagenet_transformer(tmp_path / "imagenet.pth", model)
+    new = {k for k, _, _ in report.new}
+    assert new == {"decoder_embed.weight", "decoder_embed.bias"} | {
+        f"decoder.{i}.modulation.1.{p}" for i in range(TINY_MASKGIT.depth) for p in ("weight", "bias")}
+    assert {k for k, _ in report.taken} == set(state)
+    assert all(not model.state_dict()[k].any() for k in new if ".modulation." in k)
+    assert "per-layer condition modulation" in report.table()

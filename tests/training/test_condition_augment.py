@@ -59,9 +59,11 @@ def test_bad_augmentation_and_guidance_values_are_refused():
 def test_results_report_how_maskgit_was_trained(tmp_path):
     from models.lea import maskgit_condition_recipe
 
-    torch.save({"model": {}, "config": {"Loss": {"condition_drop": 0.1, "condition_noise": 0.7}}}, tmp_path / "a.pt")
+    torch.save({"model": {}, "config": {"Loss": {"condition_drop": 0.1, "condition_noise": 0.7},
+                                        "Model": {"condition": "adaln"}}}, tmp_path / "a.pt")
     torch.save({"model": {}, "config": {"Loss": {"label_smoothing": 0.1}}}, tmp_path / "old.pt")
     on = maskgit_condition_recipe(tmp_path / "a.pt")
     assert on["condition_drop"] == 0.1 and on["condition_noise"] == 0.7 and on["condition_shrink"] == 0.0
-    assert "on" in on["note"]
-    assert maskgit_condition_recipe(tmp_path / "old.pt")["note"].startswith("off")
+    assert "on" in on["note"] and on["condition_path"] == "adaln"
+    old = maskgit_condition_recipe(tmp_path / "old.pt")
+    assert old["note"].startswith("off") and old["condition_path"] == "prefix"
