@@ -138,7 +138,13 @@ def test_generate_rejects_bad_arguments(model):
         model.generate(torch.randn(1, COND_DIM), schedule="nope")
 
 
-def test_bf16_autocast(model):
+@pytest.mark.parametrize("condition", ["prefix", "adaln"])
+def test_bf16_autocast(model, condition):
+    if condition == "adaln":
+        model = MaskGITTransformer(MaskGITConfig(**{**vars(model.config), "condition": condition})).eval()
+        with torch.no_grad():
+            for layer in model.decoder:
+                layer.modulation[-1].weight.normal_(std=0.1)
     ids, cond = torch.randint(0, NUM_CODEBOOK, (2, N)), torch.randn(2, COND_DIM)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(ids, cond)
