@@ -48,6 +48,11 @@ CONDITION_PREFIX = "decoder_embed."       # LEA's condition projection: never ta
 CONDITION_REASON = "condition projection (image feature -> first token): new in LEA, replaces the class token"
 MODULATION_KEY = re.compile(r"decoder\.\d+\.modulation\.")  # per-layer condition path of `condition: adaln`
 MODULATION_REASON = "per-layer condition modulation (Model.condition: adaln): new in LEA, starts at zero"
+RELEASE_FMRI_PREFIX = "transformer."      # inside DataParallel(Neural_fMRI2fMRI)
+RELEASE_DECODER_PARTS = {"transformer.": "MaskGIT transformer", "vqgan.": "VQGAN tokenizer"}
+IMAGENET_TRANSFORMER_HINT = ("MaskGIT's published class-conditional ImageNet-256 transformer: the release's "
+                             "pretrains/MaskGIT_Trans_ImageNet256_checkpoint.pth, or Google's "
+                             "maskgit_imagenet256_checkpoint converted to .npz (see models/published.py)")
 
 
 def new_in_lea(key: str) -> str | None:
@@ -57,11 +62,6 @@ def new_in_lea(key: str) -> str | None:
     if MODULATION_KEY.match(key):
         return MODULATION_REASON
     return None
-RELEASE_FMRI_PREFIX = "transformer."      # inside DataParallel(Neural_fMRI2fMRI)
-RELEASE_DECODER_PARTS = {"transformer.": "MaskGIT transformer", "vqgan.": "VQGAN tokenizer"}
-IMAGENET_TRANSFORMER_HINT = ("MaskGIT's published class-conditional ImageNet-256 transformer: the release's "
-                             "pretrains/MaskGIT_Trans_ImageNet256_checkpoint.pth, or Google's "
-                             "maskgit_imagenet256_checkpoint converted to .npz (see models/published.py)")
 
 
 # ---------------------------------------------------------------------------
