@@ -151,13 +151,18 @@ class PostNormLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, N, C], cond: [B, C] (used only by a conditioned layer) -> [B, N, C]."""
-        if self.modulation is None:
-            x = self.norm1(x + self.dropout(self.self_attn(x)))
-            return self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x)))))
-        shift1, scale1, shift2, scale2 = self.modulation(cond).unsqueeze(1).chunk(2 * MODULATED_NORMS, dim=-1)  # 4 x [B, 1, C]
-        x = self.norm1(x + self.dropout(self.self_attn(x))) * (1 + scale1) + shift1
-        x = self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x))))) * (1 + scale2) + shift2
-        return x
+        mods = (None if self.modulation is None
+                else self.modulation(cond).unsqueeze(1).chunk(2 * MODULATED_NORMS, dim=-1))  # 4 x [B, 1, C]
+        x = self.modulate(self.norm1(x + self.dropout(self.self_attn(x))), mods, 0)
+        return self.modulate(self.norm2(x + self.dropout(self.linear2(F.gelu(self.linear1(x))))), mods, 1)
+
+    @staticmethod
+    def modulate(n: torch.Tensor, mods: tuple[torch.Tensor, ...] | None, norm: int) -> torch.Tensor:
+        """n * (1 + scale) + shift with norm `norm`'s (shift, scale) of `mods`; n itself without mods."""
+        if mods is None:
+            return n
+        shift, scale = mods[2 * norm], mods[2 * norm + 1]
+        return n * (1 + scale) + shift
 
 
 class MaskGITTransformer(PretrainedMixin, nn.Module):

@@ -138,10 +138,15 @@ def test_generate_rejects_bad_arguments(model):
         model.generate(torch.randn(1, COND_DIM), schedule="nope")
 
 
+def adaln_twin(model: MaskGITTransformer) -> MaskGITTransformer:
+    """A freshly initialised `condition: adaln` network of `model`'s size, in eval mode."""
+    return MaskGITTransformer(MaskGITConfig(**{**vars(model.config), "condition": "adaln"})).eval()
+
+
 @pytest.mark.parametrize("condition", ["prefix", "adaln"])
 def test_bf16_autocast(model, condition):
     if condition == "adaln":
-        model = MaskGITTransformer(MaskGITConfig(**{**vars(model.config), "condition": condition})).eval()
+        model = adaln_twin(model)
         with torch.no_grad():
             for layer in model.decoder:
                 layer.modulation[-1].weight.normal_(std=0.1)
@@ -190,8 +195,7 @@ def test_guided_logits_contrast_with_the_null_condition(model):
 def test_adaln_condition_starts_as_the_prefix_model_and_conditions_every_layer(model):
     """`condition: adaln` adds only `decoder.<i>.modulation.*`, initialised to zero (the same network
     as the prefix model at first); once trained, the condition reaches every layer's norms."""
-    config = MaskGITConfig(**{**vars(model.config), "condition": "adaln"})
-    adaln = MaskGITTransformer(config).eval()
+    adaln = adaln_twin(model)
     extra = set(adaln.state_dict()) - set(model.state_dict())
     assert extra == {f"decoder.{i}.modulation.1.{p}" for i in range(2) for p in ("weight", "bias")}
     assert all(not adaln.state_dict()[k].any() for k in extra)
