@@ -12,7 +12,8 @@ fits what it saw, apart from whether it generalises (their attributes are read f
   the code distribution, and the round trip (encode -> decode) of the test images identified in
   the feature space (pair-wise, n-way top-1) and by pixel PCC;
 - decoded from true features: the same identification for `--num-samples` MaskGIT samples per
-  test image (each sample scored on its own), at `--guidance` (classifier-free guidance scale);
+  test image (each sample scored on its own), at `--guidance` (classifier-free guidance scale),
+  each the best of `--candidates` MaskGIT samples (models/rerank.py);
 - diversity: mean RMS pixel difference (0-1 scale) between two samples of the same image, next to
   that between samples of different images, and the mean feature correlation of two samples of
   one image;
@@ -55,6 +56,7 @@ from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClass
                                      find_categories_file, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
+from models.rerank import best_candidates  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
 from training.stage_tokenizer import resize_images  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="default: the config's Sampling.steps")
     p.add_argument("--temperature", type=float, default=None, help="default: Sampling.choice_temperature")
     p.add_argument("--guidance", type=float, default=None, help="default: Sampling.guidance_scale")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="best of N per sample (models/rerank.py), scored with the training images' feature "
+                        "statistics; default: Sampling.candidates")
     p.add_argument("--split", choices=("test", "train", "pool"), default="test",
                    help="score the test stimuli, or --count evenly spaced training images (to choose settings "
                         "without looking at the test set), or --count evenly spaced images of the decoder pool --pool")
@@ -214,15 +219,25 @@ def main(argv: list[str] | None = None) -> dict:
         steps = args.steps or s.steps
         temperature = s.choice_temperature if args.temperature is None else args.temperature
         guidance = s.guidance_scale if args.guidance is None else args.guidance
+        k = s.candidates if args.candidates is None else args.candidates
+        if k < 1:
+            p.error(f"--candidates expected >= 1, found {k}")
         generator = torch.Generator().manual_seed(args.seed)
-        tokens = maskgit.generate(conditions, num_samples=args.num_samples, steps=steps, schedule=s.schedule,
+        tokens = maskgit.generate(conditions, num_samples=args.num_samples * k, steps=steps, schedule=s.schedule,
                                   choice_temperature=temperature, generator=generator,
-                                  guidance_scale=guidance)  # [T, S, N]
-        images = to_uint8(tokenizer.decode_indices(tokens.flatten(0, 1)))  # [T*S, H, W, 3]
-        images = images.reshape(len(test_u8), args.num_samples, *images.shape[1:])  # [T, S, H, W, 3]
-        feats = features_of(extractor, images.reshape(-1, *images.shape[2:])).reshape(*images.shape[:2], -1)
+                                  guidance_scale=guidance)  # [T, S*K, N]
+        images = to_uint8(tokenizer.decode_indices(tokens.flatten(0, 1)))  # [T*S*K, H, W, 3]
+        feats = features_of(extractor, images)  # [T*S*K, D]
+        images = images.reshape(len(test_u8), args.num_samples, k, *images.shape[1:])  # [T, S, K, H, W, 3]
+        feats = feats.reshape(*images.shape[:3], -1)  # [T, S, K, D]
+        keep = torch.zeros(images.shape[:2], dtype=torch.long)  # [T, S]
+        if k > 1:
+            train_feats = features_of(extractor, data.train_images).double()  # [M, D]
+            keep = best_candidates(feats, conditions, train_feats.mean(0), train_feats.std(0, unbiased=False))
+        images = np.take_along_axis(images, keep.numpy()[:, :, None, None, None, None], 2)[:, :, 0]  # [T, S, H, W, 3]
+        feats = torch.take_along_dim(feats, keep[:, :, None, None], 2)[:, :, 0]  # [T, S, D]
         result.update({"maskgit": args.maskgit, "steps": steps, "choice_temperature": temperature,
-                       "guidance_scale": guidance, "num_samples": args.num_samples,
+                       "guidance_scale": guidance, "num_samples": args.num_samples, "candidates": k,
                        "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),
                        "diversity": diversity(images, feats)})
         columns += [(f"sample {k + 1}", images[:, k]) for k in range(args.num_samples)]

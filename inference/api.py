@@ -140,7 +140,7 @@ class LEA:
         pipeline = Pipeline(weights.fmri_ae, weights.maskgit, weights.tokenizer,
                             feature_function(extractor, cfg.features.cache_dir, progress), device=device,
                             dtype=resolve_precision(cfg.precision, device), batch_size=cfg.batch_size,
-                            progress=progress)
+                            progress=progress, candidate_features=feature_function(extractor, None, False))
         records = dict(weights.records)
         heads_source, align_checks = cls._attach_heads(pipeline, cfg, data, paths, records, log)
         if heads_source is not None:

@@ -309,6 +309,10 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
         "maskgit_condition_training": maskgit_condition_recipe(paths["maskgit"]),
         "guidance_note": ("classifier-free guidance with the null (all-zero) condition" if cfg.sampling.guidance_scale
                           else "off: unguided sampling (the release's)"),
+        "candidates": cfg.sampling.candidates,
+        "candidates_note": (f"each sample is the best of {cfg.sampling.candidates} MaskGIT samples by the agreement of "
+                            "its image features with the condition (cosine of training-standardised features)"
+                            if cfg.sampling.candidates > 1 else "off: one MaskGIT sample per output (the release's)"),
         "seed": cfg.seed, "device": str(device), "precision": precision_name(dtype),
         "feature_backend": extractor.describe(),
         "alignment": {**lea.heads.describe(), "source": align_source},

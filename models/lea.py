@@ -23,6 +23,7 @@ from models.checkpoints import load_state_dict_strict, safe_torch_load
 from models.hub import CONFIG_NAME, read_config
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
+from models.rerank import best_candidates
 from models.vqgan import VQGAN, VQGANConfig
 from utils.config import AlignConfig, SamplingConfig, build
 from utils.errors import CheckpointError, ConfigError, DataError, describe
@@ -154,6 +155,8 @@ class LEA:
         maskgit: conditional token transformer; its condition size is the feature size.
         tokenizer: VQGAN whose decoder turns token ids into images.
         image_features: images uint8 [N, H, W, 3] -> features [N, Di].
+        candidate_features: the same for generated candidates (`Sampling.candidates` > 1), e.g.
+            without the disk cache; default `image_features`.
         heads: alignment heads (fitted or loaded); None until `fit_alignment`.
         device: where the networks run.
         dtype: autocast compute type (torch.bfloat16), or None for float32
@@ -165,11 +168,12 @@ class LEA:
     def __init__(self, fmri_ae: FMRIAutoencoder, maskgit: MaskGITTransformer, tokenizer: VQGAN,
                  image_features: FeatureFn, heads: AlignmentHeads | None = None,
                  device: torch.device = torch.device("cpu"), dtype: torch.dtype | None = None,
-                 batch_size: int = 16, progress: bool = True):
+                 batch_size: int = 16, progress: bool = True, candidate_features: FeatureFn | None = None):
         self.fmri_ae = fmri_ae.to(device).eval()
         self.maskgit = maskgit.to(device).eval()
         self.tokenizer = tokenizer.to(device, memory_format=torch.channels_last).eval()  # faster convs
         self.image_features = image_features
+        self.candidate_features = candidate_features or image_features
         self.heads = heads
         self.device = device
         self.dtype = dtype
@@ -240,22 +244,30 @@ class LEA:
     def generate_images(self, features: torch.Tensor, sampling: SamplingConfig,
                         generator: torch.Generator | None = None, desc: str = "decoding") -> np.ndarray:
         """Image features [T, Di] (the MaskGIT condition) -> `sampling.num_samples` images each,
-        uint8 [T, S, H, W, 3]."""
-        samples = sampling.num_samples
-        trials_per_call = max(1, self.batch_size // samples)
+        uint8 [T, S, H, W, 3]. With `sampling.candidates` K > 1 every sample is the best of K
+        (models/rerank.py), scored against the training images' feature statistics of the heads."""
+        samples, k = sampling.num_samples, sampling.candidates
+        stats = self._require_heads().stats if k > 1 else None
+        trials_per_call = max(1, self.batch_size // (samples * k))
         steps = list(_chunks(len(features), trials_per_call))
         images = []
         for sl in self._bar(steps, desc, len(steps)):
             cond = features[sl].float().to(self.device)  # [b, Di]
             with autocast(self.device, self.dtype):
-                tokens = self.maskgit.generate(cond, num_samples=samples, steps=sampling.steps,
+                tokens = self.maskgit.generate(cond, num_samples=samples * k, steps=sampling.steps,
                                                schedule=sampling.schedule,
                                                choice_temperature=sampling.choice_temperature,
                                                generator=generator,
-                                               guidance_scale=sampling.guidance_scale)  # [b, S, N]
-                pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S, 3, H, W]
-            batch = to_uint8(pixels)  # [b*S, H, W, 3]
-            images.append(batch.reshape(len(cond), samples, *batch.shape[1:]))  # [b, S, H, W, 3]
+                                               guidance_scale=sampling.guidance_scale)  # [b, S*K, N]
+                pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S*K, 3, H, W]
+            batch = to_uint8(pixels)  # [b*S*K, H, W, 3]
+            batch = batch.reshape(len(cond), samples, k, *batch.shape[1:])  # [b, S, K, H, W, 3]
+            if k > 1:
+                cand = self.candidate_features(batch.reshape(-1, *batch.shape[3:]))  # [b*S*K, Di]
+                keep = best_candidates(cand.reshape(len(cond), samples, k, -1), cond.cpu(),
+                                       stats["image_mean"], stats["image_std"])  # [b, S]
+                batch = np.take_along_axis(batch, keep.numpy()[:, :, None, None, None, None], 2)
+            images.append(batch[:, :, 0])  # [b, S, H, W, 3]
         return np.concatenate(images)
 
     @torch.no_grad()

@@ -180,6 +180,9 @@ class SamplingConfig:
     # Classifier-free guidance: logits = cond + guidance_scale * (cond - null), with the null
     # (all-zero) condition; 0 = the release's unguided sampling, exactly.
     guidance_scale: float = 0.0
+    # Best of N (models/rerank.py): each output sample is the one of `candidates` MaskGIT samples
+    # whose image features agree best with the condition; 1 = the release's sampling, exactly.
+    candidates: int = 1
 
 
 @dataclass
@@ -584,6 +587,8 @@ def _check(cfg: Any, source: str) -> None:
     sampling = getattr(cfg, "sampling", None)
     if sampling is not None and sampling.guidance_scale < 0:
         raise ConfigError(f"{source}: Sampling.guidance_scale expected >= 0, found {sampling.guidance_scale}")
+    if sampling is not None and sampling.candidates < 1:
+        raise ConfigError(f"{source}: Sampling.candidates expected >= 1, found {sampling.candidates}")
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
