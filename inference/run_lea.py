@@ -89,6 +89,8 @@ def build_parser(spec: ScriptSpec) -> argparse.ArgumentParser:
                                    "set and saved with the results when missing. Overrides Checkpoints.align")
     p.add_argument("--num-samples", type=int, help="images decoded per test trial (Sampling.num_samples)")
     p.add_argument("--steps", type=int, help="MaskGIT decoding steps (Sampling.steps)")
+    p.add_argument("--candidates", type=int, help="each decoded image is the best of this many MaskGIT samples by "
+                                                   "feature agreement with the condition (Sampling.candidates; 1 = off)")
     p.add_argument("--batch-size", type=int, help="rows per network call; generation counts trials x samples")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
@@ -132,6 +134,7 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
     for option, (section, name) in {"fmri_ckpt": ("checkpoints", "fmri"), "tokenizer_ckpt": ("checkpoints", "tokenizer"),
                                     "maskgit_ckpt": ("checkpoints", "maskgit"), "align": ("checkpoints", "align"),
                                     "num_samples": ("sampling", "num_samples"), "steps": ("sampling", "steps"),
+                                    "candidates": ("sampling", "candidates"),
                                     "test_normalisation": ("data", "test_normalisation"),
                                     "stats_from": ("data", "stats_from"), "fid_weights": ("eval", "fid_weights"),
                                     "lpips_weights": ("eval", "lpips_weights")}.items():
@@ -145,6 +148,7 @@ def resolve_config(args: argparse.Namespace, spec: ScriptSpec) -> tuple[LEAConfi
             setattr(cfg, name, value)
     for where, value in (("Sampling.num_samples (--num-samples)", cfg.sampling.num_samples),
                          ("Sampling.steps (--steps)", cfg.sampling.steps),
+                         ("Sampling.candidates (--candidates)", cfg.sampling.candidates),
                          ("BATCH_SIZE (--batch-size)", cfg.batch_size)):
         if value < 1:
             raise ConfigError(describe(where, "an integer >= 1", value))

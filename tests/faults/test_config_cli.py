@@ -38,6 +38,7 @@ def test_path_template_typo_in_the_config(tmp_path):
 @pytest.mark.parametrize("override, needle", [
     ("Sampling.num_samples=0", "Sampling.num_samples"),
     ("Sampling.steps=-1", "Sampling.steps"),
+    ("Sampling.candidates=0", "Sampling.candidates"),
     ("Align.restandardize=maybe", "Align.restandardize"),
     ("Data.subjects=[]", "Data.subjects"),
     ("Nope.key=1", "Nope"),

@@ -169,13 +169,16 @@ def test_script_end_to_end(dataset, sim_root, tmp_path):
     first = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert main(["--config", str(config), "--align", str(run / subject / "align.pt"),
                  "--set", "Align.restandardize=false", "--set", "Data.include_test_repeats=true",
-                 "--set", "Eval.both_modes=false", "--set", "Eval.bootstrap=50", "--no-progress"],
+                 "--set", "Eval.both_modes=false", "--set", "Eval.bootstrap=50", "--candidates", "2", "--no-progress"],
                 dataset=dataset) == 0
     runs = run_dirs(tmp_path)
     assert len(runs) == 2 and runs[0] == run
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == first
     second = json.loads((runs[1] / subject / "metrics.json").read_text())
     assert second["settings"]["restandardize"] is False
+    first_settings = json.loads((run / subject / "metrics.json").read_text())["settings"]
+    assert first_settings["candidates"] == 1 and first_settings["candidates_note"].startswith("off")
+    assert second["settings"]["candidates"] == 2 and "best of 2" in second["settings"]["candidates_note"]
     assert second["settings"]["headline_mode"].startswith("leakage_free") and "encoding_transductive" not in second
     single = second["single_trials"]                       # Data.include_test_repeats: every single trial scored
     assert 0.0 <= single["single_trial_predicted_handcrafted_pairwise_pcc"]["value"] <= 1.0
