@@ -213,15 +213,19 @@ class LEA:
         return self.pipeline._require_heads()
 
     def decode(self, fmri: np.ndarray, num_samples: int | None = None, steps: int | None = None,
-               seed: int | None = None) -> np.ndarray:
+               seed: int | None = None, candidates: int | None = None) -> np.ndarray:
         """fMRI [T, V] (normalised) -> images uint8 [T, S, H, W, 3], S = num_samples (Sampling.num_samples).
 
-        MaskGIT runs `steps` iterations (Sampling.steps); `seed` (default the config's SEED) makes
-        the samples reproducible. Re-standardisation, when on, uses the statistics of these T trials.
+        MaskGIT runs `steps` iterations (Sampling.steps); each image is the best of `candidates`
+        MaskGIT samples (Sampling.candidates, models/rerank.py); `seed` (default the config's SEED)
+        makes the samples reproducible. Re-standardisation, when on, uses the statistics of these T trials.
         """
         sampling = dataclasses.replace(self.config.sampling,
                                        num_samples=num_samples or self.config.sampling.num_samples,
-                                       steps=steps or self.config.sampling.steps)
+                                       steps=steps or self.config.sampling.steps,
+                                       candidates=self.config.sampling.candidates if candidates is None else candidates)
+        if sampling.candidates < 1:
+            raise ConfigError(describe("decode(candidates=...)", "an integer >= 1", sampling.candidates))
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed if seed is None else seed)
         return self.pipeline.decode(np.asarray(fmri, dtype=np.float32), sampling, generator=generator).images
 

@@ -13,6 +13,7 @@ from inference import LEA
 from models.alignment import AlignmentHeads
 from tests.inference.test_lea_scripts import IMAGE_SIZE, NUM_SAMPLES, make_setup
 from utils.config import save_config
+from utils.errors import ConfigError
 from utils.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +39,11 @@ def test_from_config_fits_missing_heads_and_decodes_reproducibly(lea):
     assert np.array_equal(lea.decode(fmri, steps=2), images)
     assert not np.array_equal(lea.decode(fmri, steps=2, seed=lea.config.seed + 1), images)
     assert lea.decode(fmri, num_samples=1, steps=2).shape[1] == 1
+    assert np.array_equal(lea.decode(fmri, steps=2, candidates=1), images)  # the config's single sample
+    best = lea.decode(fmri, steps=2, candidates=3)                          # best of 3 (models/rerank.py)
+    assert best.shape == images.shape and not np.array_equal(best, images)
+    with pytest.raises(ConfigError, match="candidates"):
+        lea.decode(fmri, candidates=0)
 
 
 def test_encode_gives_voxels_in_the_subjects_layout(lea):
