@@ -56,7 +56,7 @@ from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClass
                                      find_categories_file, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
-from models.rerank import best_candidates  # noqa: E402
+from models.rerank import best_candidates, take_kept  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
 from training.stage_tokenizer import resize_images  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
         if k > 1:
             train_feats = features_of(extractor, data.train_images).double()  # [M, D]
             keep = best_candidates(feats, conditions, train_feats.mean(0), train_feats.std(0, unbiased=False))
-        images = np.take_along_axis(images, keep.numpy()[:, :, None, None, None, None], 2)[:, :, 0]  # [T, S, H, W, 3]
-        feats = torch.take_along_dim(feats, keep[:, :, None, None], 2)[:, :, 0]  # [T, S, D]
+        images = take_kept(images, keep)  # [T, S, H, W, 3]
+        feats = torch.from_numpy(take_kept(feats.numpy(), keep))  # [T, S, D]
         result.update({"maskgit": args.maskgit, "steps": steps, "choice_temperature": temperature,
                        "guidance_scale": guidance, "num_samples": args.num_samples, "candidates": k,
                        "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),

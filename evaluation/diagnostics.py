@@ -51,7 +51,8 @@ DIVERSITY = "sample_diversity"
 PER_ATTRIBUTE = "sim_attribute_accuracy_"   # per-attribute metrics: in the metric files, not the stage table
 FIGURE_FILE = "diagnostics.png"
 NOTE = ("metrics '<stage>/<name>' score the stimuli through shorter chains: tokenizer round trip, MaskGIT from the "
-        "true image features, the training image nearest to the predicted features (retrieval), LEA from fMRI; "
+        "true image features (sampled as LEA's decoding is, best of N included), the training image nearest to "
+        "the predicted features (retrieval), LEA from fMRI; "
         "sample_diversity = feature distance between samples of a trial / distance between different stimuli")
 
 FeatureFn = Callable[[np.ndarray], torch.Tensor]   # uint8 [N, H, W, 3] -> [N, D]

@@ -23,7 +23,7 @@ from models.checkpoints import load_state_dict_strict, safe_torch_load
 from models.hub import CONFIG_NAME, read_config
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
-from models.rerank import best_candidates
+from models.rerank import best_candidates, take_kept
 from models.vqgan import VQGAN, VQGANConfig
 from utils.config import AlignConfig, SamplingConfig, build
 from utils.errors import CheckpointError, ConfigError, DataError, describe
@@ -262,12 +262,12 @@ class LEA:
                 pixels = self.tokenizer.decode_indices(tokens.flatten(0, 1))  # [b*S*K, 3, H, W]
             batch = to_uint8(pixels)  # [b*S*K, H, W, 3]
             batch = batch.reshape(len(cond), samples, k, *batch.shape[1:])  # [b, S, K, H, W, 3]
+            keep = torch.zeros(len(cond), samples, dtype=torch.long)  # [b, S]: the only candidate
             if k > 1:
                 cand = self.candidate_features(batch.reshape(-1, *batch.shape[3:]))  # [b*S*K, Di]
                 keep = best_candidates(cand.reshape(len(cond), samples, k, -1), cond.cpu(),
                                        stats["image_mean"], stats["image_std"])  # [b, S]
-                batch = np.take_along_axis(batch, keep.numpy()[:, :, None, None, None, None], 2)
-            images.append(batch[:, :, 0])  # [b, S, H, W, 3]
+            images.append(take_kept(batch, keep))  # [b, S, H, W, 3]
         return np.concatenate(images)
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ variance (where, in the demo's features, the object's shape lives) count as much
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 STD_FLOOR = 1e-8   # a feature dimension constant over the training images is not scaled up
@@ -32,3 +33,9 @@ def best_candidates(candidates: torch.Tensor, condition: torch.Tensor, mean: tor
     """candidates [T, S, K, D] (K candidates for each of S samples), condition [T, D] -> index of the
     kept candidate of every sample, long [T, S] in [0, K); ties keep the first."""
     return feature_agreement(candidates, condition, mean, std).argmax(-1)  # [T, S]
+
+
+def take_kept(images: np.ndarray, keep: torch.Tensor) -> np.ndarray:
+    """images [T, S, K, ...] (K candidates per sample), keep long [T, S] -> the kept ones [T, S, ...]."""
+    index = keep.cpu().numpy().reshape(*keep.shape, 1, *([1] * (images.ndim - 3)))  # [T, S, 1, 1..]
+    return np.take_along_axis(images, index, 2)[:, :, 0]

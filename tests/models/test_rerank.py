@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.rerank import best_candidates, feature_agreement
+from models.rerank import best_candidates, feature_agreement, take_kept
 from utils.config import SamplingConfig, load_config
 from utils.errors import ConfigError
 from tests.models.test_lea_pipeline import FEATURE_DIM, NUM_TEST, lea  # noqa: F401  (fixture)
@@ -27,6 +27,16 @@ def test_best_candidates_picks_per_sample_and_keeps_the_first_of_ties():
     cand = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0]]],
                          [[[0.0, 1.0], [1.0, 0.0]], [[1.0, 1.0], [0.0, 1.0]]]])  # [T=2, S=2, K=2, D=2]
     assert best_candidates(cand, condition, zeros, ones).tolist() == [[1, 0], [0, 1]]
+
+
+def test_take_kept_picks_the_indexed_candidate_of_each_sample():
+    images = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # [T, S, K, ...]
+    keep = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    kept = take_kept(images, keep)
+    assert kept.shape == (2, 3, 5)
+    for t in range(2):
+        for s in range(3):
+            np.testing.assert_array_equal(kept[t, s], images[t, s, keep[t, s]])
 
 
 def test_one_candidate_is_the_plain_sampling_exactly(lea):
