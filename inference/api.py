@@ -224,8 +224,6 @@ class LEA:
                                        num_samples=num_samples or self.config.sampling.num_samples,
                                        steps=steps or self.config.sampling.steps,
                                        candidates=self.config.sampling.candidates if candidates is None else candidates)
-        if sampling.candidates < 1:
-            raise ConfigError(describe("decode(candidates=...)", "an integer >= 1", sampling.candidates))
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed if seed is None else seed)
         return self.pipeline.decode(np.asarray(fmri, dtype=np.float32), sampling, generator=generator).images
 

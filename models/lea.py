@@ -247,6 +247,8 @@ class LEA:
         uint8 [T, S, H, W, 3]. With `sampling.candidates` K > 1 every sample is the best of K
         (models/rerank.py), scored against the training images' feature statistics of the heads."""
         samples, k = sampling.num_samples, sampling.candidates
+        if k < 1:
+            raise ConfigError(describe("Sampling.candidates", "an integer >= 1", k))
         stats = self._require_heads().stats if k > 1 else None
         trials_per_call = max(1, self.batch_size // (samples * k))
         steps = list(_chunks(len(features), trials_per_call))
