@@ -150,6 +150,27 @@ def check_fmri_features(path: Path, features: dict) -> None:
                                        f"aside (mv checkpoints/demo checkpoints/demo_old) and run the demo again"))
 
 
+# settings that say where and how often a run wrote, not how its weights were trained
+DRIFT_IGNORED = ("Train.out_dir", "Train.progress", "Train.log_interval", "Train.sample_interval",
+                 "Train.save_interval", "Train.num_workers")
+
+
+def config_drift(path: Path, stage_config: str, overrides: list[str]) -> list[str]:
+    """'Key: trained with X, the demo config now says Y' for each setting that `stage_config` (with
+    `overrides`) spells out and that the weight file at `path` was trained with otherwise (none for a
+    file without a training config, such as a release file)."""
+    from inference.weights import read_weights
+    from training.engine import flatten_config
+
+    payload = read_weights(path, "fmri_autoencoder")
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        return []
+    trained = flatten_config(payload["config"])
+    wanted = flatten_config(apply_overrides(read_yaml(stage_config), overrides))
+    return [f"{key}: trained with {trained.get(key)!r}, {stage_config} now says {value!r}"
+            for key, value in wanted.items() if key not in DRIFT_IGNORED and trained.get(key) != value]
+
+
 def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str], None] = print) -> None:
     """Make sure the demo data and every demo weight the config names exist."""
     set_demo_threads(log)
@@ -157,9 +178,14 @@ def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str
     fmri_config = FMRI_STAGE_CONFIGS[cfg.data.dataset]
     for subject in cfg.data.subjects:
         fmri = Path(subject_path(cfg.checkpoints.fmri, "Checkpoints.fmri", subject))
-        used = ensure_weight("fmri", fmri, fmri_config, [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"],
-                             log, progress)
+        overrides = [f"Data.subjects=[{subject}]", f"Data.path={cfg.data.path}"]
+        used = ensure_weight("fmri", fmri, fmri_config, overrides, log, progress)
         check_fmri_features(used, to_dict(cfg.features))
+        drift = config_drift(used, fmri_config, overrides)
+        if drift:
+            log(f"demo: note: {used} was trained with other settings than the demo's ({'; '.join(drift)}), so "
+                "this run's numbers will differ from the README's; the demo never replaces a weight: move "
+                "the old demo weights aside (mv checkpoints/demo checkpoints/demo_old) to train it anew")
     tokenizer = ensure_weight("tokenizer", Path(cfg.checkpoints.tokenizer), STAGE_CONFIGS["tokenizer"], [], log,
                               progress)
     ensure_weight("maskgit", Path(cfg.checkpoints.maskgit), STAGE_CONFIGS["maskgit"],

@@ -97,6 +97,27 @@ def test_demo_refuses_an_fmri_autoencoder_tied_to_other_features(tmp_path):
     check_fmri_features(tmp_path / "masked.pt", features)  # masked-brain pretraining ties nothing either
 
 
+def test_a_reused_demo_fmri_autoencoder_trained_otherwise_is_named_with_its_settings(tmp_path):
+    import torch
+    import yaml
+
+    from inference.demo import config_drift
+
+    config = tmp_path / "fmri.yaml"
+    config.write_text(yaml.safe_dump({"KIND": "fmri_autoencoder", "Train": {"max_steps": 2400, "out_dir": "a"},
+                                      "Data": {"subjects": ["sbj_1"]}}))
+    trained = {"KIND": "fmri_autoencoder", "Train": {"max_steps": 2400, "out_dir": "b", "lr": 0.003},
+               "Data": {"subjects": ["sbj_2"]}}
+    torch.save({"kind": "fmri_autoencoder", "config": trained}, tmp_path / "same.pt")
+    # where the run wrote and settings the file does not spell out are not drift; the override is applied
+    assert config_drift(tmp_path / "same.pt", str(config), ["Data.subjects=[sbj_2]"]) == []
+    torch.save({"kind": "fmri_autoencoder", "config": {**trained, "Train": {"max_steps": 600}}}, tmp_path / "old.pt")
+    assert config_drift(tmp_path / "old.pt", str(config), ["Data.subjects=[sbj_2]"]) == [
+        f"Train.max_steps: trained with 600, {config} now says 2400"]
+    torch.save({"kind": "fmri_autoencoder"}, tmp_path / "unrecorded.pt")   # nothing to compare with
+    assert config_drift(tmp_path / "unrecorded.pt", str(config), []) == []
+
+
 def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):
     from inference.demo import ensure_weight
 
