@@ -186,6 +186,9 @@ class MaskGITStage(Stage):
             conds.append(image_features(cfg.features, images, key, cfg.train.progress))
         log(f"maskgit: {len(train_u8)} training images, {len(variants)} variant(s), "
             f"{tokens[0].shape[1]} tokens each")
+        if cfg.sampling.candidates > 1:
+            log(f"maskgit: Sampling.candidates={cfg.sampling.candidates} applies to LEA decoding (it scores "
+                "candidates against the alignment's feature statistics); the training previews draw one sample each")
         self.train_set = TokenSet(torch.stack(tokens), torch.stack(conds).float())
         self.sample_images = resize_images(test_u8[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
         self.sample_conditions = image_features(cfg.features, test_u8[:NUM_SAMPLE_IMAGES],

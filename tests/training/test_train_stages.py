@@ -133,6 +133,16 @@ def test_maskgit_stage_loss_falls_and_samples(sim_root, trained):
     _same_weights(MaskGITTransformer.from_pretrained(run / "maskgit"), final["model"])
 
 
+def test_maskgit_says_that_its_previews_ignore_candidates(sim_root, trained, capsys):
+    run = run_stage("maskgit", "maskgit.yaml", trained["tmp"], *maskgit_overrides(sim_root, trained),
+                    "Sampling.candidates=4", "Train.batch_size=4", steps=1)
+    assert "Sampling.candidates=4 applies to LEA decoding" in capsys.readouterr().out
+    assert (run / "samples" / "step_000001.png").is_file()
+    run_stage("maskgit", "maskgit.yaml", trained["tmp"], *maskgit_overrides(sim_root, trained),
+              "Train.batch_size=4", steps=1)
+    assert "Sampling.candidates" not in capsys.readouterr().out
+
+
 def test_maskgit_checks_tokenizer_and_feature_sizes(sim_root, trained):
     base = maskgit_overrides(sim_root, trained)
     with pytest.raises(ConfigError, match="condition_dim"):
