@@ -104,6 +104,13 @@ def stimulus_attributes(data, data_path: str) -> tuple[np.ndarray, np.ndarray] |
     return attributes_of(categories, train_cat), attributes_of(categories, test_cat)
 
 
+def readout_accuracy(probe: AttributeClassifier, feats: torch.Tensor, truth: np.ndarray) -> dict[str, float]:
+    """Per attribute: accuracy of `probe`'s read-out of features [T, D] against attributes int [T, A]."""
+    log_probs = probe.log_probs_of_features(feats.double())  # per attribute [T, k]
+    return {name: float((lp.argmax(1).numpy() == truth[:, a]).mean())
+            for a, (name, lp) in enumerate(zip(ATTRIBUTES, log_probs))}
+
+
 def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats: torch.Tensor) -> dict:
     """Per attribute: test accuracy of a linear read-out fitted on the training images' conditions
     [N, D] and applied to the test stimuli's [T, D], with its chance."""
@@ -111,10 +118,8 @@ def condition_probe(data, data_path: str, train_feats: torch.Tensor, test_feats:
     if attributes is None:
         return {"skipped": NO_GROUND_TRUTH}
     train, truth = attributes  # [M, A], [T, A]
-    probe = AttributeClassifier.fit_features(train_feats.double(), train)
-    log_probs = probe.log_probs_of_features(test_feats.double())  # per attribute [T, k]
-    return {name: {"accuracy": float((lp.argmax(1).numpy() == truth[:, a]).mean()), "chance": 1.0 / k}
-            for a, (name, k, lp) in enumerate(zip(ATTRIBUTES, ATTRIBUTE_SIZES, log_probs))}
+    accuracy = readout_accuracy(AttributeClassifier.fit_features(train_feats.double(), train), test_feats, truth)
+    return {name: {"accuracy": accuracy[name], "chance": 1.0 / k} for name, k in zip(ATTRIBUTES, ATTRIBUTE_SIZES)}
 
 
 def pool_sample(folder: str, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,9 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402,F401  (registers the Model schemas)
-from eval_image_side import stimulus_attributes  # noqa: E402
+from eval_image_side import readout_accuracy, stimulus_attributes  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
-from evaluation.semantic_sim import ATTRIBUTES, AttributeClassifier  # noqa: E402
+from evaluation.semantic_sim import AttributeClassifier  # noqa: E402
 from models.alignment import RidgeHead, restandardize  # noqa: E402
 from training.distributed import DistInfo  # noqa: E402
 from training.engine import Trainer, seed_everything, start_run_dir  # noqa: E402
@@ -93,9 +93,7 @@ def scores(pred: torch.Tensor, truth_feats: torch.Tensor, probe: AttributeClassi
            truth_attrs: np.ndarray | None) -> dict:
     out = {"feature_pairwise_pcc": M.feature_identification(truth_feats.numpy(), pred[:, None].numpy()).value}
     if probe is not None:
-        log_probs = probe.log_probs_of_features(pred)
-        per = {name: float((lp.argmax(1).numpy() == truth_attrs[:, a]).mean())
-               for a, (name, lp) in enumerate(zip(ATTRIBUTES, log_probs))}
+        per = readout_accuracy(probe, pred, truth_attrs)
         out["attribute_readout"] = {**per, "mean": float(np.mean(list(per.values())))}
     return out
 

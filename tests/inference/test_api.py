@@ -13,7 +13,6 @@ from inference import LEA
 from models.alignment import AlignmentHeads
 from tests.inference.test_lea_scripts import IMAGE_SIZE, NUM_SAMPLES, make_setup
 from utils.config import save_config
-from utils.errors import ConfigError
 from utils.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
