@@ -1,7 +1,7 @@
 """Stage `tokenizer`: train the VQGAN that turns images into MaskGIT tokens.
 
 Loss per step (Loss section):
-    rec_l1_weight * |x - x_hat| + rec_l2_weight * (x - x_hat)^2
+    rec_l1_weight * |x - x_hat| + rec_l2_weight * (x - x_hat)^2 + ssim_weight * (1 - SSIM(x, x_hat))
   + codebook_weight * codebook + commitment_beta * commitment
   + [step >= disc_start] * (gan_weight * -D(x_hat) + hinge(D))
 where hinge(D) = relu(1 - D(x)) + relu(1 + D(sg(x_hat))) trains the patch discriminator
@@ -12,7 +12,8 @@ clipped on its own. From scratch, the codebook starts at encoder outputs of trai
 (init_codebook_from_data), or at their k-means centres (Loss.kmeans_iters > 0); codes chosen less
 than Loss.restart_min_share times the uniform share in Loss.restart_interval steps restart at
 encoder outputs of the current batch
-(training/codebook.py). The log reports codes used and the perplexity of the batch's codes. A perceptual (LPIPS) term is not available: the project has
+(training/codebook.py). The log reports codes used, the perplexity of the batch's codes and the
+batch's mean SSIM (`ssim_index`), whether or not the SSIM term is on. A perceptual (LPIPS) term is not available: the project has
 no LPIPS network, so it is reported off once.
 
 Init.checkpoint: our `tokenizer.pt`, or MaskGIT's published tokenizer (see models/checkpoints.py).
@@ -127,6 +128,32 @@ def check_image_size(data: DataConfig, vqgan: VQGANConfig, where: str) -> None:
 # Objective
 # ---------------------------------------------------------------------------
 
+# Structural similarity as in the SSIM metric (evaluation/metrics.py): uniform windows of
+# SSIM_WINDOW x SSIM_WINDOW pixels that fit inside the image, stabilising constants K1, K2 for a
+# data range of 1 (images in [0, 1]).
+SSIM_WINDOW = 7
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def ssim_index(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of `[B, C, S, S]` images in [0, 1] over channels and windows (differentiable).
+
+    Each window's term compares local means, contrasts and correlation; a faint edge on a flat
+    background counts as much as a strong one, which the pixel terms weigh by contrast squared
+    (L2) or contrast (L1)."""
+    def local_mean(z: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(z, SSIM_WINDOW, stride=1)                  # [B, C, S-6, S-6]
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x * mu_x
+    var_y = local_mean(y * y) - mu_y * mu_y
+    cov = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
+                / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)))
+    return ssim_map.mean()
+
 
 class TokenizerTrainModule(TrainModule):
     """VQGAN (generator) + patch discriminator, one backward per step. Each network has its own
@@ -160,6 +187,7 @@ class TokenizerTrainModule(TrainModule):
         recon, codebook, commitment, indices = self.vqgan(image)
         recon = recon.float()
         rec = c.rec_l1_weight * (recon - image).abs().mean() + c.rec_l2_weight * ((recon - image) ** 2).mean()
+        ssim = ssim_index(recon if c.ssim_weight else recon.detach(), image)  # logged either way
         if step >= c.disc_start:
             frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
             g_adv = -functional_call(self.disc, frozen, (recon,)).float().mean()
@@ -168,14 +196,15 @@ class TokenizerTrainModule(TrainModule):
         else:  # before disc_start the discriminator is not run; zero terms keep its grads defined (DDP)
             g_adv = torch.zeros((), device=image.device)
             d_hinge = sum(p.sum() for p in self.disc.parameters()) * 0.0
-        loss = (rec + c.codebook_weight * codebook + c.commitment_beta * commitment
-                + c.gan_weight * g_adv + d_hinge)
+        loss = (rec + c.ssim_weight * (1.0 - ssim) + c.codebook_weight * codebook
+                + c.commitment_beta * commitment + c.gan_weight * g_adv + d_hinge)
         self.monitor.observe(indices, image)
         used, perplexity = usage_stats(torch.bincount(indices.flatten(), minlength=self.vqgan.config.num_codebook))
         return loss, {"loss": loss.detach(), "rec": rec.detach(), "codebook": codebook.detach(),
                       "commitment": commitment.detach(), "g_adv": g_adv.detach(), "d_hinge": d_hinge.detach(),
                       "codes_used": torch.tensor(float(used)), "perplexity": torch.tensor(perplexity),
-                      "codes_restarted": torch.tensor(float(self.monitor.restarted))}
+                      "codes_restarted": torch.tensor(float(self.monitor.restarted)),
+                      "ssim_index": ssim.detach()}
 
 
 # ---------------------------------------------------------------------------

@@ -118,6 +118,9 @@ class FMRIInitConfig:
 class TokenizerLossConfig:
     rec_l1_weight: float = 1.0
     rec_l2_weight: float = 0.0
+    # 1 - SSIM of the reconstruction (0 = off, the release's recipe): weighs an edge by its local
+    # contrast relative to its surroundings, where the pixel terms weigh it by its contrast itself
+    ssim_weight: float = 0.0
     perceptual_weight: float = 1.0     # used only when LPIPS weights are available locally
     perceptual_weights: Optional[str] = None
     codebook_weight: float = 1.0
@@ -581,7 +584,7 @@ def _check(cfg: Any, source: str) -> None:
         if loss.condition_noise < 0:
             raise ConfigError(f"{source}: Loss.condition_noise expected >= 0, found {loss.condition_noise}")
     if isinstance(loss, TokenizerLossConfig):
-        for name in ("kmeans_iters", "restart_interval", "restart_min_share"):
+        for name in ("kmeans_iters", "restart_interval", "restart_min_share", "ssim_weight"):
             if getattr(loss, name) < 0:
                 raise ConfigError(f"{source}: Loss.{name} expected >= 0, found {getattr(loss, name)}")
     sampling = getattr(cfg, "sampling", None)

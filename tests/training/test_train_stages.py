@@ -106,7 +106,7 @@ def test_tokenizer_stage_writes_model_and_recon_grid(trained):
     final = torch.load(run / "tokenizer.pt", weights_only=True)
     assert final["kind"] == "tokenizer" and final["token_grid"] == 8
     assert (run / "samples" / "step_000002.png").is_file()
-    assert {"rec", "codebook", "commitment", "g_adv", "d_hinge"} <= set(read_log(run)[0])
+    assert {"rec", "codebook", "commitment", "g_adv", "d_hinge", "ssim_index"} <= set(read_log(run)[0])
 
 
 def test_tokenizer_image_size_must_match_resolution(sim_root, tmp_path):
