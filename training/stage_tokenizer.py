@@ -13,8 +13,8 @@ clipped on its own. From scratch, the codebook starts at encoder outputs of trai
 than Loss.restart_min_share times the uniform share in Loss.restart_interval steps restart at
 encoder outputs of the current batch
 (training/codebook.py). The log reports codes used, the perplexity of the batch's codes and the
-batch's mean SSIM (`ssim_index`), whether or not the SSIM term is on. A perceptual (LPIPS) term is not available: the project has
-no LPIPS network, so it is reported off once.
+batch's mean SSIM (`ssim_index`), whether or not the SSIM term is on. A perceptual (LPIPS) term is
+not available: the project has no LPIPS network, so it is reported off once.
 
 Init.checkpoint: our `tokenizer.pt`, or MaskGIT's published tokenizer (see models/checkpoints.py).
 
@@ -139,9 +139,9 @@ SSIM_K2 = 0.03
 def ssim_index(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean SSIM of `[B, C, S, S]` images in [0, 1] over channels and windows (differentiable).
 
-    Each window's term compares local means, contrasts and correlation; a faint edge on a flat
-    background counts as much as a strong one, which the pixel terms weigh by contrast squared
-    (L2) or contrast (L1)."""
+    Each window's term compares local means, contrasts and correlation relative to the window's
+    own contrast, so a faint edge on a flat background counts nearly as much as a strong one,
+    where the pixel terms weigh it by its contrast squared (L2) or its contrast (L1)."""
     def local_mean(z: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(z, SSIM_WINDOW, stride=1)                  # [B, C, S-6, S-6]
 
