@@ -75,8 +75,9 @@ def train_on(values: dict, source: str, data, rows: np.ndarray, run_dir: Path) -
     cfg = fmri_config_for(values, source, data.subject, kept)
     cfg.train.progress = False
     seed_everything(cfg.seed)
-    stage = FMRIStage(cfg, kept, log=lambda _msg: None)
-    trainer = Trainer(stage, run_dir, DistInfo())
+    quiet = lambda _msg: None  # noqa: E731  (the run folder is temporary: its messages would mislead)
+    stage = FMRIStage(cfg, kept, log=quiet)
+    trainer = Trainer(stage, run_dir, DistInfo(), log=quiet)
     trainer.fit()
     return stage.module.model.eval()
 

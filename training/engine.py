@@ -254,8 +254,9 @@ class Trainer:
     """
 
     def __init__(self, stage: Stage, run_dir: Path, info: DistInfo, resume: Optional[dict] = None,
-                 callbacks: tuple[Callable[["Trainer"], None], ...] = ()):
+                 callbacks: tuple[Callable[["Trainer"], None], ...] = (), log: Callable[[str], None] = print):
         self.stage = stage
+        self.log = log  # where the trainer's own messages go (resume notes, the final files written)
         self.cfg = stage.config
         self.train: TrainConfig = self.cfg.train
         self.info = info
@@ -316,8 +317,8 @@ class Trainer:
         if len(ranks) == self.info.world_size:
             set_rng_state(ranks[self.info.rank])
         elif self.info.is_main:
-            print(f"{where}: saved by {len(ranks)} process(es), resumed with {self.info.world_size}; "
-                  "data order continues, random draws are reseeded")
+            self.log(f"{where}: saved by {len(ranks)} process(es), resumed with {self.info.world_size}; "
+                     "data order continues, random draws are reseeded")
 
     def checkpoint(self) -> dict:
         """The full training state (RNG states of every rank gathered on all ranks)."""
@@ -416,6 +417,6 @@ class Trainer:
             path = atomic_torch_save(self.run_dir / name, payload)
             folder = save_pretrained(self.run_dir / Path(name).stem, payload["kind"], payload["model"],
                                      **{k: v for k, v in payload.items() if k not in ("kind", "model")})
-            print(f"{self.stage.kind}: wrote {path} and {folder}/ (model.safetensors + config.json)")
+            self.log(f"{self.stage.kind}: wrote {path} and {folder}/ (model.safetensors + config.json)")
         barrier(self.info)
         return path

@@ -24,11 +24,12 @@ def test_every_trial_of_a_held_out_image_is_held_out():
     assert not np.array_equal(split, fmri_heldout.split_images(100, seed=2))
 
 
-def test_runs_on_the_simulated_layout_and_reports_both_directions(sim_root, tmp_path):
+def test_runs_on_the_simulated_layout_and_reports_both_directions(sim_root, tmp_path, capsys):
     out = tmp_path / "heldout.json"
     sets = [f"Data.path={sim_root / GOD_DIR}", f"Features.cache_dir={tmp_path / 'cache'}", *TINY]
     argv = [a for s in sets for a in ("--set", s)] + ["--out", str(out)]
     result = fmri_heldout.main(argv)
+    assert "wrote" not in capsys.readouterr().out   # no word of the deleted temporary run folders
     assert json.loads(out.read_text()) == result
     assert result["held_out_trials"] > 0 and result["training_trials"] > result["held_out_trials"]
     for name in ("lea_latent", "voxel_ridge"):
