@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from datasets.common import SubjectData
 from datasets.image_folder import load_image_folder
+from evaluation.metrics import SSIM_K1, SSIM_K2, SSIM_WINDOW
 from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
 from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
 from models.vqgan import VQGAN, VQGANConfig
@@ -128,16 +129,10 @@ def check_image_size(data: DataConfig, vqgan: VQGANConfig, where: str) -> None:
 # Objective
 # ---------------------------------------------------------------------------
 
-# Structural similarity as in the SSIM metric (evaluation/metrics.py): uniform windows of
-# SSIM_WINDOW x SSIM_WINDOW pixels that fit inside the image, stabilising constants K1, K2 for a
-# data range of 1 (images in [0, 1]).
-SSIM_WINDOW = 7
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-
 
 def ssim_index(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM of `[B, C, S, S]` images in [0, 1] over channels and windows (differentiable).
+    """Mean SSIM of `[B, C, S, S]` images in [0, 1] over channels and windows (differentiable), with
+    the SSIM metric's windows and constants (evaluation/metrics.py) for a data range of 1.
 
     Each window's term compares local means, contrasts and correlation relative to the window's
     own contrast, so a faint edge on a flat background counts nearly as much as a strong one,
