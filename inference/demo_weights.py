@@ -207,15 +207,30 @@ def check_decoder_tokenizer(maskgit_file: Path, tokenizer_file: Path) -> None:
                                        recorded))
 
 
-def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | None = None) -> Path:
+def logged_seconds(run: Path) -> dict:
+    """The training time a run folder's log.csv records; a resumed run's folder logs only the steps it
+    trained itself, so its first logged step is named beside the time (`logged_from_step`)."""
+    from training.logger import read_log
+    from utils.config import read_yaml
+
+    rows = read_log(run)
+    if not rows:
+        return {"trained_seconds": None}
+    record = {"trained_seconds": rows[-1].get("time_s")}
+    if int(rows[0]["step"]) > int(read_yaml(run / "config.yaml")["Train"]["log_interval"]):
+        record["logged_from_step"] = int(rows[0]["step"])
+    return record
+
+
+def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | None = None,
+         note: str | None = None) -> Path:
     """Copy the final files of the `train.py` runs {stage: run folder} into `dest` with their manifest.
     Each run must have been trained from the committed config (check_run_matches_config); a stage left
     out of `runs` keeps its shipped file and manifest entry (`kept_record`), e.g. MaskGIT re-shipped
     over the shipped tokenizer. Nothing in `dest` is replaced (a file already there must be a copy of
     the run's: MaskGIT may have been trained on the tokenizer's copy in `dest`); the MaskGIT must
-    record the tokenizer shipped beside it; the total stays under MAX_TOTAL_BYTES."""
-    from training.logger import read_log
-
+    record the tokenizer shipped beside it; the total stays under MAX_TOTAL_BYTES. `note` is added to
+    the manifest's note (how the runs were made, where that is more than the commands say)."""
     if not runs or set(runs) - {stage for stage, _, _ in STAGES}:
         raise CheckpointError(describe("runs to ship", f"one or more of {[stage for stage, _, _ in STAGES]}",
                                        sorted(runs)))
@@ -242,12 +257,11 @@ def ship(runs: dict[str, Path], dest: Path = SHIPPED_DIR, data_command: str | No
         if not (dest / name).exists():
             shutil.copyfile(finals[stage], dest / name)
         overrides = [f"Init.tokenizer={dest / 'tokenizer.pt'}"] if stage == "maskgit" else []
-        rows = read_log(runs[stage])
-        seconds = rows[-1].get("time_s") if rows else None
         files[name] = {"command": train_command(stage, config, overrides), "config": config,
-                       "extra": {"run": Path(runs[stage]).name, "trained_seconds": seconds,
+                       "extra": {"run": Path(runs[stage]).name, **logged_seconds(Path(runs[stage])),
                                  "data": data_command or stage_data_command(stage)}}
-    write_manifest(dest, files, note="trained by train.py from the committed demo configs, one CPU thread")
+    shipped_note = "trained by train.py from the committed demo configs, one CPU thread"
+    write_manifest(dest, files, note=f"{shipped_note}. {note}" if note else shipped_note)
     return dest
 
 
@@ -262,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     shipping.add_argument("--ship-maskgit", metavar="MASKGIT_RUN",
                           help=f"like --ship for MaskGIT alone, trained on the shipped {SHIPPED_DIR}/tokenizer.pt, "
                                "which stays as its manifest lists it")
+    p.add_argument("--note", default=None,
+                   help="with --ship/--ship-maskgit: added to the manifest's note (e.g. that a run was resumed)")
     p.add_argument("--data-command", default=None,
                    help="how the training images were made, for the manifest (default: the demo's commands)")
     args = p.parse_args(argv)
     if args.ship or args.ship_maskgit:
         runs = (dict(zip(("tokenizer", "maskgit"), map(Path, args.ship))) if args.ship
                 else {"maskgit": Path(args.ship_maskgit)})
-        folder = ship(runs, data_command=args.data_command)
+        folder = ship(runs, data_command=args.data_command, note=args.note)
         print(f"demo weights: shipped into {folder} ({MANIFEST_NAME} lists the files and commands)")
         return 0
     folder = retrain(Path(args.out))

@@ -202,6 +202,18 @@ def test_ship_maskgit_alone_keeps_the_shipped_tokenizer_and_checks_it_was_traine
     assert files["maskgit.pt"]["sha256"] == file_sha256(run / "maskgit.pt") == file_sha256(dest / "maskgit.pt")
     assert verify_shipped(dest / "tokenizer.pt") and verify_shipped(dest / "maskgit.pt")
 
+    assert "logged_from_step" not in files["maskgit.pt"]
+    assert read_manifest(dest)["note"] == "trained by train.py from the committed demo configs, one CPU thread"
+
+    resumed = maskgit_run("mg_resumed", file_sha256(dest / "tokenizer.pt"))  # a resumed run logs its own steps
+    (resumed / "log.csv").write_text("step,time_s\n9100,18.0\n9200,36.5\n")
+    (dest / "maskgit.pt").unlink()
+    ship({"maskgit": resumed}, dest, note="MaskGIT resumed at step 9000.")
+    manifest = read_manifest(dest)
+    assert manifest["files"]["maskgit.pt"]["logged_from_step"] == 9100
+    assert manifest["files"]["maskgit.pt"]["trained_seconds"] == 36.5
+    assert manifest["note"].endswith("one CPU thread. MaskGIT resumed at step 9000.")
+
     (dest / "tokenizer.pt").write_bytes(b"changed tokenizer")  # a kept file must still match its manifest
     (dest / "maskgit.pt").unlink()
     with pytest.raises(CheckpointError, match="sha256"):
