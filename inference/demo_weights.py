@@ -208,8 +208,9 @@ def check_decoder_tokenizer(maskgit_file: Path, tokenizer_file: Path) -> None:
 
 
 def logged_seconds(run: Path) -> dict:
-    """The training time a run folder's log.csv records; a resumed run's folder logs only the steps it
-    trained itself, so its first logged step is named beside the time (`logged_from_step`)."""
+    """The training time a run folder's log.csv records. A resumed run's folder logs only the steps it
+    trained itself, so its first logged step is named beside the time (`logged_from_step`); its time
+    goes on from the checkpoint's (but counts from the resume for checkpoints that record none)."""
     from training.logger import read_log
     from utils.config import read_yaml
 

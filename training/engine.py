@@ -8,17 +8,18 @@ model-only file. The `Trainer` does the rest:
   bf16 autocast (CUDA by default, CPU when precision=bf16);
 - DistributedDataParallel and a resumable DistributedSampler under torchrun;
 - rank-0 logging (CSV, TensorBoard when installed, tqdm), samples every `sample_interval` steps;
-- checkpoints `{'model', 'optimizer', 'scheduler', 'step', 'config', 'rng', 'kind'}` written
-  atomically as `last.pt` and `step_XXXXXX.pt` into a fresh run folder;
+- checkpoints `{'model', 'optimizer', 'scheduler', 'step', 'elapsed_s', 'config', 'rng', 'kind'}`
+  written atomically as `last.pt` and `step_XXXXXX.pt` into a fresh run folder;
 - `resume`: restores weights, optimiser, schedule, every rank's RNG state and the position in
   the epoch, so that an interrupted run continues exactly as if it had not stopped (with
   num_workers=0; with worker processes the data order is still exact but augmentation draws are
-  seeded per resumed epoch).
+  seeded per resumed epoch); its log's `time_s` goes on from the checkpoint's `elapsed_s`.
 """
 from __future__ import annotations
 
 import contextlib
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -271,6 +272,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.elapsed_before = 0.0  # seconds of training before this process (a resumed run's checkpoint)
+        self.fit_started: Optional[float] = None
         seed_everything(self.cfg.seed + info.rank)
         self.sampler = ResumableSampler(stage.train_set, info, seed=self.cfg.seed)
         per_rank = self.sampler.num_samples
@@ -308,6 +311,10 @@ class Trainer:
             raise CheckpointError(describe(where, "weights and optimiser state of this stage's network",
                                            str(e).splitlines()[0])) from e
         self.step = int(ckpt["step"])
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        if "elapsed_s" not in ckpt and self.info.is_main:
+            self.log(f"{where}: records no training time (saved by an earlier version); this run's "
+                     "log.csv time_s counts from the resume")
         if self.step >= self.train.max_steps:
             raise ConfigError(describe("Train.max_steps", f"more than the resumed step {self.step} ({where})",
                                        self.train.max_steps))
@@ -326,8 +333,9 @@ class Trainer:
         if self.info.distributed:
             states = [None] * self.info.world_size
             torch.distributed.all_gather_object(states, rng_state())
+        elapsed = self.elapsed_before + (time.time() - self.fit_started if self.fit_started else 0.0)
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "elapsed_s": round(elapsed, 3),
                 "config": to_dict(self.cfg), "kind": self.stage.kind,
                 "rng": {"ranks": states, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}}
 
@@ -357,8 +365,9 @@ class Trainer:
 
     def fit(self) -> Optional[Path]:
         """Train to max_steps; return the final model-only file (rank 0) or None."""
+        self.fit_started = time.time()
         logger = RunLogger(self.run_dir, self.train.max_steps, self.step, enabled=self.info.is_main,
-                           desc=f"{self.stage.kind}", progress=self.train.progress)
+                           desc=f"{self.stage.kind}", progress=self.train.progress, elapsed_s=self.elapsed_before)
         batches = self._batches()
         accum = self.train.grad_accum
         self.model.train()

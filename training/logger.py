@@ -24,10 +24,10 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, desc: str = "train", progress: bool = True):
+                 enabled: bool = True, desc: str = "train", progress: bool = True, elapsed_s: float = 0.0):
         self.enabled = enabled and run_dir is not None
         self.columns: list[str] | None = None
-        self.start_time = time.time()
+        self.start_time = time.time() - elapsed_s  # a resumed run's time_s goes on from its checkpoint's
         self.tb = None
         self.bar = None
         if not self.enabled:
@@ -44,7 +44,7 @@ class RunLogger:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
 
     def log(self, step: int, lr: float, losses: dict[str, float]) -> None:
-        """Append a row (step, lr, time since start, losses) to the CSV and TensorBoard."""
+        """Append a row (step, lr, training time so far, losses) to the CSV and TensorBoard."""
         if not self.enabled:
             return
         row = {"step": step, "lr": lr, "time_s": round(time.time() - self.start_time, 3), **losses}

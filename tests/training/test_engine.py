@@ -147,11 +147,30 @@ def test_resume_is_bit_for_bit(tmp_path):
         run(cfg, callbacks=(stop_at_5,))
     first = sorted(Path(cfg.train.out_dir).iterdir())[-1]
     assert (first / "last.pt").is_file()
-    resumed, _ = run(cfg, resume=load_checkpoint(first))
+    ckpt = load_checkpoint(first)
+    assert ckpt["elapsed_s"] > 0
+    ckpt["elapsed_s"] = 1000.0                              # as if the first 5 steps had taken 1000 s
+    resumed, _ = run(cfg, resume=ckpt)
     assert resumed.run_dir != first
     for (name, a), b in zip(full.module.state_dict().items(), resumed.module.state_dict().values()):
         assert torch.equal(a, b), name
-    assert read_log(resumed.run_dir)[0]["step"] == 6
+    rows = read_log(resumed.run_dir)
+    assert rows[0]["step"] == 6
+    assert 1000 <= rows[0]["time_s"] < 1060                # training time goes on across the resume
+    assert load_checkpoint(resumed.run_dir)["elapsed_s"] >= rows[-1]["time_s"]
+
+
+def test_a_checkpoint_without_training_time_resumes_with_a_note(tmp_path):
+    cfg = toy_config(tmp_path, max_steps=2)
+    trainer, _ = run(cfg)
+    ckpt = load_checkpoint(trainer.run_dir)
+    del ckpt["elapsed_s"]                                   # as saved before checkpoints recorded it
+    notes = []
+    resumed = Trainer(ToyStage(toy_config(tmp_path, max_steps=4)), new_run_dir(tmp_path, "r"), DistInfo(),
+                      resume=ckpt, log=notes.append)
+    resumed.fit()
+    assert any("records no training time" in n for n in notes)
+    assert read_log(resumed.run_dir)[0]["time_s"] < 60     # counts from the resume
 
 
 def test_loss_falls(tmp_path):
