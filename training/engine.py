@@ -273,7 +273,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.elapsed_before = 0.0  # seconds of training before this process (a resumed run's checkpoint)
-        self.fit_started: Optional[float] = None
+        self.clock_start: Optional[float] = None  # the wall-clock time at which training time was 0
         seed_everything(self.cfg.seed + info.rank)
         self.sampler = ResumableSampler(stage.train_set, info, seed=self.cfg.seed)
         per_rank = self.sampler.num_samples
@@ -333,7 +333,7 @@ class Trainer:
         if self.info.distributed:
             states = [None] * self.info.world_size
             torch.distributed.all_gather_object(states, rng_state())
-        elapsed = self.elapsed_before + (time.time() - self.fit_started if self.fit_started else 0.0)
+        elapsed = time.time() - self.clock_start if self.clock_start is not None else self.elapsed_before
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "elapsed_s": round(elapsed, 3),
                 "config": to_dict(self.cfg), "kind": self.stage.kind,
@@ -365,9 +365,9 @@ class Trainer:
 
     def fit(self) -> Optional[Path]:
         """Train to max_steps; return the final model-only file (rank 0) or None."""
-        self.fit_started = time.time()
+        self.clock_start = time.time() - self.elapsed_before
         logger = RunLogger(self.run_dir, self.train.max_steps, self.step, enabled=self.info.is_main,
-                           desc=f"{self.stage.kind}", progress=self.train.progress, elapsed_s=self.elapsed_before)
+                           desc=f"{self.stage.kind}", progress=self.train.progress, clock_start=self.clock_start)
         batches = self._batches()
         accum = self.train.grad_accum
         self.model.train()

@@ -24,10 +24,12 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path | None, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, desc: str = "train", progress: bool = True, elapsed_s: float = 0.0):
+                 enabled: bool = True, desc: str = "train", progress: bool = True,
+                 clock_start: float | None = None):
         self.enabled = enabled and run_dir is not None
         self.columns: list[str] | None = None
-        self.start_time = time.time() - elapsed_s  # a resumed run's time_s goes on from its checkpoint's
+        # time_s counts from clock_start (the Trainer's: a resumed run's goes on from its checkpoint's)
+        self.start_time = time.time() if clock_start is None else clock_start
         self.tb = None
         self.bar = None
         if not self.enabled:
