@@ -1,7 +1,12 @@
 """How well the image side (tokenizer + MaskGIT) alone reproduces the test stimuli.
 
-No fMRI is involved: the test images' own (true) features condition MaskGIT, so the numbers say
-what the image side can do at best. Printed and written as JSON:
+By default no fMRI is involved: the test images' own (true) features condition MaskGIT, so the
+numbers say what the image side can do at best. With `--condition fmri` MaskGIT is conditioned on
+features predicted from fMRI instead (the subject's fMRI autoencoder from `--config`): on the test
+trials the heads' predictions as LEA decodes them; with `--split train` out-of-fold predictions for
+the training trials, from folds of whole image classes (models/alignment.py `out_of_fold_decode`),
+so that sampling settings for decoding from fMRI can be chosen without the test set. Printed and
+written as JSON:
 
 With `--split train` the same is measured on training images (for choosing settings such as the
 guidance scale without the test set). With `--split pool --pool FOLDER` it is measured on images of
@@ -30,6 +35,7 @@ fits what it saw, apart from whether it generalises (their attributes are read f
 
     python bench/eval_image_side.py --tokenizer demo_weights/tokenizer.pt \
         --maskgit demo_weights/maskgit.pt [--guidance 2] [--out eval.json --png eval.png]
+    python bench/eval_image_side.py ... --split train --count 120 --condition fmri
 
 Features and data come from `--config` (default: the demo's LEA config, simulated GOD).
 """
@@ -55,6 +61,8 @@ from evaluation.figures import column_grid  # noqa: E402
 from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClassifier, attributes_of,  # noqa: E402
                                      find_categories_file, read_categories, stimulus_categories)
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
+from inference.api import LEA  # noqa: E402
+from models.alignment import out_of_fold_decode  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from models.rerank import best_candidates, take_kept  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
@@ -88,6 +96,27 @@ def diversity(images: np.ndarray, feats: torch.Tensor) -> dict:
     corr = [float((f[t, i] * f[t, j]).sum()) for t in range(T) for i, j in itertools.combinations(range(S), 2)]
     return {"rms_within_image": float(np.mean(within)), "rms_between_images": float(np.mean(between)),
             "feature_corr_within_image": float(np.mean(corr))}
+
+
+def fmri_conditions(cfg, subject: str, split: str, index: np.ndarray) -> tuple[torch.Tensor, str]:
+    """Features predicted from fMRI for the scored images [T, D]: on the test split the fitted heads'
+    (as LEA decodes); on the training split out-of-fold predictions (heads fitted on the other
+    folds of the training trials, models/alignment.py), averaged over the trials of each image.
+    Where the images have class labels the folds hold out whole classes, as the test set's classes
+    are absent from training (GOD); the second value says how the folds were made."""
+    api = LEA.from_config(cfg, subject, "cpu")
+    lea, data = api.pipeline, api.data
+    if split == "test":
+        return lea.heads.decode(lea.fmri_latents(data.test_fmri).double()).float(), "heads fitted on all training trials"
+    trial_image = torch.as_tensor(data.train_image_index, dtype=torch.long)  # [N]
+    paired = api.features(data.train_images).double()[trial_image]  # [N, D]
+    labels = data.train_labels
+    by_class = labels is not None and bool((labels >= 0).all())
+    groups = torch.as_tensor(labels, dtype=torch.long)[trial_image] if by_class else None  # [N]
+    predicted = out_of_fold_decode(cfg.align, lea.fmri_latents(data.train_fmri).double(), paired,
+                                   cfg.align.cv_folds, groups=groups)  # [N, D]
+    folds = f"{cfg.align.cv_folds} folds " + ("of whole image classes" if by_class else "of trials (no class labels)")
+    return torch.stack([predicted[trial_image == i].mean(0) for i in index]).float(), f"out of fold, {folds}"
 
 
 NO_GROUND_TRUTH = "no simulator ground_truth/categories.json above the data folder"
@@ -171,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--split", choices=("test", "train", "pool"), default="test",
                    help="score the test stimuli, or --count evenly spaced training images (to choose settings "
                         "without looking at the test set), or --count evenly spaced images of the decoder pool --pool")
+    p.add_argument("--condition", choices=("true", "fmri"), default="true",
+                   help="condition MaskGIT on the images' true features, or on features predicted from fMRI: the "
+                        "fitted heads' on the test trials, out-of-fold ones on the training trials (to choose "
+                        "sampling settings for decoding from fMRI without the test set); not with --split pool")
     p.add_argument("--count", type=int, default=25, help="images scored with --split train / pool")
     p.add_argument("--pool", help="the decoder pool folder scored with --split pool (python -m datasets.decoder_pool)")
     p.add_argument("--seed", type=int, default=0)
@@ -198,10 +231,15 @@ def main(argv: list[str] | None = None) -> dict:
             p.error("--split pool needs --pool FOLDER (a folder written by python -m datasets.decoder_pool)")
         chosen, truth = pool_sample(args.pool, args.count, cfg.data.image_size)
         index = np.arange(len(chosen))
+    if args.condition == "fmri" and args.split == "pool":
+        p.error("--condition fmri needs --split test or train (the pool has no fMRI)")
     test = resize_images(chosen, size)  # [T, 3, S, S]
     test_u8 = to_uint8(test)  # [T, S, S, 3]
     gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
     conditions = features_of(extractor, chosen)  # [T, D] of the original images, as MaskGIT trained on them
+    predicted_by = None
+    if args.condition == "fmri":
+        conditions, predicted_by = fmri_conditions(cfg, subject, args.split, index)  # [T, D]
 
     indices = torch.cat([tokenizer.encode(x[i:i + TOKENIZE_BATCH])[1].flatten()
                          for x in (resize_images(data.train_images, size), test)
@@ -218,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["condition_probe"] = condition_probe(data, cfg.data.path, features_of(extractor, data.train_images),
                                                     test_conditions)
     columns = [("ground truth", test_u8), ("round trip", rt)]
+    decoded_key = "decoded_from_true_features" if args.condition == "true" else "decoded_from_fmri"
     if args.maskgit:
         maskgit = load_trained_network("maskgit", args.maskgit)
         s = cfg.sampling
@@ -241,14 +280,15 @@ def main(argv: list[str] | None = None) -> dict:
             keep = best_candidates(feats, conditions, train_feats.mean(0), train_feats.std(0, unbiased=False))
         images = take_kept(images, keep)  # [T, S, H, W, 3]
         feats = torch.from_numpy(take_kept(feats.numpy(), keep))  # [T, S, D]
-        result.update({"maskgit": args.maskgit, "steps": steps, "choice_temperature": temperature,
+        result.update({"maskgit": args.maskgit, "condition": args.condition,
+                       "condition_predicted_by": predicted_by, "steps": steps, "choice_temperature": temperature,
                        "guidance_scale": guidance, "num_samples": args.num_samples, "candidates": k,
-                       "decoded_from_true_features": identification(gt_feats, feats, test_u8, images),
+                       decoded_key: identification(gt_feats, feats, test_u8, images),
                        "diversity": diversity(images, feats)})
         columns += [(f"sample {k + 1}", images[:, k]) for k in range(args.num_samples)]
     scored = {"stimuli": test_u8[:, None], "round_trip": rt[:, None]}
     if args.maskgit:
-        scored["decoded_from_true_features"] = images
+        scored[decoded_key] = images
     result["attribute_accuracy"] = attribute_accuracy(data, cfg.data.path, args.split, index, scored, truth)
     print(json.dumps(result, indent=1))
     if args.out:

@@ -5,11 +5,20 @@ results folder scores the same test stimuli through shorter chains:
 
 - `stimuli`: the test stimuli themselves -> the semantic classifier's ceiling;
 - `tokenizer_round_trip`: stimulus -> tokenizer encode -> decode -> what the tokenizer keeps;
+- `true_features_readout`: a linear read-out of each attribute from the stimulus's true image
+  features (no image drawn) -> what the MaskGIT condition carries;
 - `decoded_from_true_features`: MaskGIT conditioned on the stimulus's *true* image features
   -> what the image side can do;
+- `predicted_features_readout`: the same read-out from the features *predicted* from fMRI
+  -> what the alignment carries, whatever is drawn from it;
 - `retrieval_baseline`: the training image nearest to the *predicted* features -> what the
-  alignment alone carries;
+  alignment alone carries as a picture;
 - `lea_decoded`: LEA's decoding from fMRI (the run's result).
+
+The two read-out stages score features, not images: only the semantic accuracy (simulated
+data; the read-out is fitted on the training stimuli's features, evaluation/semantic_sim.py).
+A read-out above the images drawn from the same features says the drawing loses what the
+features carry.
 
 Each stage gets pair-wise and n-way identification in the image-feature space,
 pair-wise pixel-PCC identification, the simulated-data semantic accuracy
@@ -35,13 +44,16 @@ from evaluation.figures import column_grid
 from evaluation.retrieval import retrieve_images
 from evaluation.semantic_sim import SemanticScorer
 
-STAGES = {  # key -> caption in the table and the figure
+STAGES = {  # key -> caption in the table (and in the figure, for the stages that draw images)
     "stimuli": "test stimuli (ceiling)",
     "tokenizer_round_trip": "tokenizer round trip",
+    "true_features_readout": "true features, linear read-out (no image)",
     "decoded_from_true_features": "decoded from true features",
+    "predicted_features_readout": "predicted features, linear read-out (no image)",
     "retrieval_baseline": "retrieval (nearest training image)",
     "lea_decoded": "LEA decoded from fMRI",
 }
+READOUT_STAGES = ("true_features_readout", "predicted_features_readout")
 FIGURE_CAPTIONS = {"stimuli": "stimulus", "tokenizer_round_trip": "tokenizer",
                    "decoded_from_true_features": "true feat", "retrieval_baseline": "retrieval",
                    "lea_decoded": "LEA"}
@@ -52,7 +64,8 @@ PER_ATTRIBUTE = "sim_attribute_accuracy_"   # per-attribute metrics: in the metr
 FIGURE_FILE = "diagnostics.png"
 NOTE = ("metrics '<stage>/<name>' score the stimuli through shorter chains: tokenizer round trip, MaskGIT from the "
         "true image features (sampled as LEA's decoding is, best of N included), the training image nearest to "
-        "the predicted features (retrieval), LEA from fMRI; "
+        "the predicted features (retrieval), LEA from fMRI; '*_features_readout' is a linear read-out of each "
+        "attribute from the true / predicted features themselves (simulated data); "
         "sample_diversity = feature distance between samples of a trial / distance between different stimuli")
 
 FeatureFn = Callable[[np.ndarray], torch.Tensor]   # uint8 [N, H, W, 3] -> [N, D]
@@ -163,11 +176,16 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
     stage_images = {"stimuli": gt[:, None], "tokenizer_round_trip": round_trip(gt)[:, None],
                     "decoded_from_true_features": generate(true_features), "retrieval_baseline": retrieved,
                     "lea_decoded": decoded}
+    readout = {"true_features_readout": true_features, "predicted_features_readout": predicted_features}
     metrics, rows, columns = [], {}, []
-    for stage, images in stage_images.items():
-        if stage == "stimuli":  # identification of the stimuli by themselves is 1 by construction
-            scored = scorer.score(images) if scorer is not None else []
+    for stage in STAGES:
+        if stage in READOUT_STAGES:
+            scored = (scorer.score_features(train_features, readout[stage]) if scorer is not None
+                      else [M.skipped("sim_attribute_accuracy", semantic_reason)])
+        elif stage == "stimuli":  # identification of the stimuli by themselves is 1 by construction
+            scored = scorer.score(stage_images[stage]) if scorer is not None else []
         else:
+            images = stage_images[stage]
             scored = stage_metrics(gt, gt_features, images, _features(feature_fn, images), backend, n_way,
                                    scorer, semantic_reason)
         in_table = [m for m in scored if not m.name.startswith(PER_ATTRIBUTE)]

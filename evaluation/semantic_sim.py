@@ -49,6 +49,9 @@ LBFGS_ITERATIONS = 500
 STD_FLOOR = 1e-6             # features constant over the training stimuli are not scaled up
 DEFAULT_N_WAY = 50
 SEARCH_DEPTH = 4             # folders above the data folder searched for ground_truth/
+CLASSIFIER_NOTE = "logistic regression per attribute on weight-free features, fitted on the training stimuli"
+READOUT_NOTE = ("logistic regression per attribute on the given features, fitted on the training stimuli's "
+                "features (a read-out of the features, no image drawn)")
 RECORDED_REASON = ("needs the simulator's stimulus attributes (ground_truth/categories.json); "
                    "on recorded data the ImageNet-classifier n-way accuracy is the semantic metric")
 
@@ -188,7 +191,8 @@ class SemanticScorer:
         decoded resolution), uint8 [T, H, W, 3]; default the subject's test images. They give the ceiling."""
         categories = read_categories(categories_path)
         train_cat, test_cat = stimulus_categories(data, categories, categories_path.parent)
-        self.classifier = AttributeClassifier.fit(data.train_images, attributes_of(categories, train_cat))
+        self.train_attributes = attributes_of(categories, train_cat)           # [M, A] of the training stimuli
+        self.classifier = AttributeClassifier.fit(data.train_images, self.train_attributes)
         self.test_attributes = attributes_of(categories, test_cat)            # [T, A]
         self.candidates = np.unique(test_cat)                                 # [C] test categories
         self.candidate_attributes = attributes_of(categories, self.candidates)  # [C, A]
@@ -202,10 +206,34 @@ class SemanticScorer:
     def score(self, images: np.ndarray, with_ceiling: bool = True) -> list[Metric]:
         """uint8 images [T, S, H, W, 3] (sample s of test trial t) -> the semantic metrics."""
         t, s = images.shape[:2]
-        if t != len(self.test_attributes):
-            raise DataError(describe("images to classify", f"{len(self.test_attributes)} test trials", t))
+        self._check_trials(t, "images to classify")
         flat = images.reshape(t * s, *images.shape[2:])  # [T*S, H, W, 3]
         log_probs = [lp.reshape(t, s, -1) for lp in self.classifier.log_probs(flat)]  # per attribute [T, S, k]
+        return self._metrics(log_probs, CLASSIFIER_NOTE, self.ceiling if with_ceiling else {})
+
+    def score_features(self, train_features: torch.Tensor, features: torch.Tensor) -> list[Metric]:
+        """The same metrics for a linear read-out of features instead of images: what the features
+        themselves carry about each attribute, whatever is drawn from them.
+
+        train_features [M, D] of the training stimuli (the subject's training images, in order) fit
+        one softmax regression per attribute (as the image classifier, on these features); it reads
+        features [T, D] of the test trials (e.g. the true or the predicted image features).
+        """
+        self._check_trials(features.shape[0], "features to read out")
+        if train_features.shape[0] != len(self.train_attributes):
+            raise DataError(describe("training features to fit the read-out",
+                                     f"{len(self.train_attributes)} rows (training stimuli)", train_features.shape[0]))
+        probe = AttributeClassifier.fit_features(train_features.double(), self.train_attributes)
+        log_probs = [lp[:, None] for lp in probe.log_probs_of_features(features.double())]  # per attribute [T, 1, k]
+        return self._metrics(log_probs, READOUT_NOTE, {})
+
+    def _check_trials(self, t: int, what: str) -> None:
+        if t != len(self.test_attributes):
+            raise DataError(describe(what, f"{len(self.test_attributes)} test trials", t))
+
+    def _metrics(self, log_probs: list[torch.Tensor], method: str, ceiling: dict[str, float]) -> list[Metric]:
+        """Per attribute log-probabilities [T, S, k] of S samples per test trial -> the semantic metrics."""
+        s = log_probs[0].shape[1]
         out, rates, chances = [], [], []
         for a, (name, lp) in enumerate(zip(ATTRIBUTES, log_probs)):
             correct = (lp.argmax(-1).numpy() == self.test_attributes[:, a, None])  # [T, S]
@@ -225,11 +253,9 @@ class SemanticScorer:
             out.insert(1, n_way_top1(self.test_class, scores.numpy(), n=self.n_way,
                                      name=f"sim_category_{self.n_way}way_top1"))
         for m in out:
-            m.details.update({"classifier": "logistic regression per attribute on weight-free features, "
-                                            "fitted on the training stimuli", "categories": self.source,
-                              "n_samples": int(s)})
-            if with_ceiling and m.name in self.ceiling:
-                m.details[STIMULI_CEILING] = self.ceiling[m.name]
+            m.details.update({"classifier": method, "categories": self.source, "n_samples": int(s)})
+            if m.name in ceiling:
+                m.details[STIMULI_CEILING] = ceiling[m.name]
         return out
 
 

@@ -450,3 +450,35 @@ class AlignmentHeads:
         heads = cls().load_state_dict(payload["state"], source=f"{path} key 'state'")
         heads.provenance = dict(payload.get("provenance") or {})
         return heads
+
+
+def out_of_fold_decode(align: Any, fmri_latents: torch.Tensor, image_features: torch.Tensor,
+                       folds: int = DEFAULT_CV_FOLDS, seed: Optional[int] = CV_SEED,
+                       groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Features predicted for every training row by heads fitted on the other folds.
+
+    fmri_latents [N, Df], image_features [N, Di] (paired rows) -> [N, Di]. Each fold is decoded by
+    heads built from `align` (an AlignConfig, as `AlignmentHeads.from_config`) and fitted on the
+    other folds, and re-standardised over that fold as a test set is, so the rows resemble what
+    heads fitted on all rows predict for unseen trials. With `groups` (long [N], e.g. each trial's
+    image category) the folds are made of whole groups, so no row is predicted by heads that saw
+    its group, as a test set of categories absent from training is. For choosing decoding
+    settings without the test set.
+    """
+    _check_matrix("fMRI latents", fmri_latents)
+    _check_matrix("image features", image_features, n_rows=fmri_latents.shape[0])
+    n = fmri_latents.shape[0]
+    if groups is None:
+        splits = kfold_indices(n, folds, seed)
+    else:
+        if groups.shape != (n,):
+            raise DataError(describe("groups", f"one group per row, shape ({n},)", tuple(groups.shape)))
+        names, member = torch.unique(groups, return_inverse=True)  # member [N] in [0, G)
+        splits = [torch.nonzero(torch.isin(member, held)).flatten() for held in kfold_indices(len(names), folds, seed)]
+    out = torch.empty_like(image_features)  # [N, Di]
+    for val in splits:
+        train = torch.ones(n, dtype=torch.bool)
+        train[val] = False
+        fold = AlignmentHeads.from_config(align).fit(fmri_latents[train], image_features[train])
+        out[val] = fold.decode(fmri_latents[val]).to(out)
+    return out

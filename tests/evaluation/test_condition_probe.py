@@ -59,3 +59,33 @@ def test_pool_images_are_scored_against_the_attributes_their_names_give(sim_root
                                 {"renders": images[:, None], "shifted": shuffled[:, None]}, truth)
     assert result["renders"]["palette"] >= 0.9                   # colour is easy for the classifier
     assert result["renders"]["mean"] > result["shifted"]["mean"]
+
+
+def test_fmri_conditions_test_as_lea_decodes_train_out_of_fold_by_class(sim_root, tmp_path):
+    """--condition fmri: the test trials get the fitted heads' predictions; the training images get
+    out-of-fold predictions from folds of whole classes, each image paired with its own trials."""
+    import torch
+    from eval_image_side import fmri_conditions
+
+    from inference.api import LEA
+    from models.alignment import out_of_fold_decode
+    from tests.inference.test_lea_scripts import make_setup
+    from utils.config import load_config
+
+    cfg = load_config(make_setup(tmp_path, sim_root, "GOD"), kind="lea")
+    api = LEA.from_config(cfg, "sbj_1", "cpu")
+    data, lea = api.data, api.pipeline
+    test, how = fmri_conditions(cfg, "sbj_1", "test", np.arange(len(data.test_images)))
+    torch.testing.assert_close(test, lea.heads.decode(lea.fmri_latents(data.test_fmri).double()).float())
+    assert how == "heads fitted on all training trials"
+
+    index = np.array([0, 5, len(data.train_images) - 1])
+    train, how = fmri_conditions(cfg, "sbj_1", "train", index)
+    assert how.endswith("folds of whole image classes")
+    trial_image = torch.as_tensor(data.train_image_index)
+    predicted = out_of_fold_decode(cfg.align, lea.fmri_latents(data.train_fmri).double(),
+                                   api.features(data.train_images).double()[trial_image], cfg.align.cv_folds,
+                                   groups=torch.as_tensor(data.train_labels)[trial_image])
+    expected = torch.stack([predicted[trial_image == i].mean(0) for i in index]).float()
+    torch.testing.assert_close(train, expected)
+    assert not torch.allclose(train, predicted[torch.as_tensor(index)].float())   # trial order is not image order

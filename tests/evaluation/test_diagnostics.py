@@ -50,6 +50,13 @@ def test_every_stage_is_scored_and_drawn(god_subject, god_scorer):
         assert m[f"decoded_from_true_features/sim_attribute_accuracy_{attribute}"].value == \
             m[f"stimuli/sim_attribute_accuracy_{attribute}"].value
     assert "retrieval_baseline/sample_diversity" not in m and "tokenizer_round_trip/sample_diversity" not in m
+    # the read-outs score the features themselves: the noisy predicted ones carry less than the true ones
+    assert m["true_features_readout/sim_attribute_accuracy"].value == \
+        god_scorer.score_features(train_features, true_features)[0].value
+    assert m["predicted_features_readout/sim_attribute_accuracy"].value < \
+        m["true_features_readout/sim_attribute_accuracy"].value
+    assert "true_features_readout/handcrafted_pairwise_pcc" not in m
+    assert set(diag.stage_images) == set(STAGES) - {"true_features_readout", "predicted_features_readout"}
     # retrieval shows the training image nearest to the predicted features
     nearest = nearest_training_images(predicted, train_features)[:, 0]
     expected = resize_images(god_subject.train_images[nearest], gt.shape[1:3])
@@ -73,5 +80,6 @@ def test_recorded_data_skips_only_the_semantic_columns(god_subject):
                     semantic_reason="no ground truth")
     m = {x.name: x for x in diag.metrics}
     assert m["lea_decoded/sim_attribute_accuracy"].skipped == "no ground truth"
+    assert m["predicted_features_readout/sim_attribute_accuracy"].skipped == "no ground truth"
     assert m["lea_decoded/handcrafted_pairwise_pcc"].value == 1.0
     assert diag.table_rows["stimuli"] == {}

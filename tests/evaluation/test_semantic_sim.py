@@ -6,7 +6,7 @@ import pytest
 
 from datasets import load_subject
 from datasets.simulate import ATTRIBUTE_SIZES, BOLD_DIR, GOD_DIR
-from evaluation.semantic_sim import (ATTRIBUTES, find_categories_file, read_categories, semantic_scorer_or_reason,
+from evaluation.semantic_sim import (ATTRIBUTES, classifier_features, find_categories_file, read_categories, semantic_scorer_or_reason,
                                      skipped_semantic, stimulus_categories)
 from utils.errors import DataError
 
@@ -60,6 +60,25 @@ def test_samples_are_averaged(god_subject, god_scorer):
     assert both.details["n_samples"] == 2
     with pytest.raises(DataError, match="test trials"):
         god_scorer.score(stimuli[:3, None])
+
+
+def test_feature_readout_reads_the_features_not_images(god_subject, god_scorer):
+    """score_features: the image classifier's metrics from a read-out of any features, fitted on the
+    training stimuli's; on the classifier's own features it is that classifier."""
+    train = classifier_features(god_subject.train_images)
+    test = classifier_features(god_subject.test_images)
+    readout = {m.name: m for m in god_scorer.score_features(train, test)}
+    images = {m.name: m for m in god_scorer.score(god_subject.test_images[:, None])}
+    for name, m in images.items():
+        assert readout[name].value == pytest.approx(m.value) and readout[name].chance == m.chance
+        assert "stimuli_ceiling" not in readout[name].details and readout[name].details["n_samples"] == 1
+    # another trial's features: far below
+    rolled = god_scorer.score_features(train, test.roll(1, 0))[0].value
+    assert rolled < readout["sim_attribute_accuracy"].value - 0.15
+    with pytest.raises(DataError, match="test trials"):
+        god_scorer.score_features(train, test[:3])
+    with pytest.raises(DataError, match="training stimuli"):
+        god_scorer.score_features(train[:5], test)
 
 
 def test_recorded_data_is_skipped_with_the_reason(god_copy, tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.alignment import AlignmentHeads, RidgeHead, kfold_indices, restandardize
+from models.alignment import AlignmentHeads, RidgeHead, kfold_indices, out_of_fold_decode, restandardize
+from utils.config import AlignConfig
 from utils.errors import CheckpointError, ConfigError, DataError
 
 
@@ -112,6 +113,44 @@ def test_alignment_heads_paper_settings_and_restandardize_flag():
     raw = AlignmentHeads(restandardize=False).fit(z_f, z_i)
     torch.testing.assert_close(raw.decode(z_f[:20]), raw.decoder.predict(z_f[:20]))
     assert heads.encode(z_i[:20]).shape == (20, 16)
+
+
+def test_out_of_fold_decode_never_sees_its_own_rows():
+    x, y = data(n=50, d_in=8, d_out=4, seed=3)
+    align = AlignConfig(decode_alpha=1.0, alphas=[0.1, 1.0, 10.0], cv_folds=3)
+    oof = out_of_fold_decode(align, x, y, folds=5)
+    assert oof.shape == y.shape and oof.dtype == y.dtype
+    # each fold equals heads fitted on the other folds and re-standardised over that fold alone
+    val = kfold_indices(50, 5)[2]
+    rest = torch.ones(50, dtype=torch.bool)
+    rest[val] = False
+    torch.testing.assert_close(oof[val], AlignmentHeads.from_config(align).fit(x[rest], y[rest]).decode(x[val]))
+    # a row's own target (and its fold's) does not move its prediction; another fold's does
+    changed = y.clone()
+    changed[val] += 100.0
+    again = out_of_fold_decode(align, x, changed, folds=5)
+    torch.testing.assert_close(again[val], oof[val])
+    assert not torch.allclose(again[rest], oof[rest])
+    with pytest.raises(DataError):
+        out_of_fold_decode(align, x, y[:10])
+
+
+def test_out_of_fold_decode_holds_out_whole_groups():
+    x, y = data(n=48, d_in=8, d_out=4, seed=4)
+    align = AlignConfig(decode_alpha=1.0)
+    groups = torch.arange(48) // 4  # 12 groups of 4 rows
+    oof = out_of_fold_decode(align, x, y, folds=3, groups=groups)
+    # shifting every target of group 5 leaves its own rows' predictions alone: the group is held out whole
+    changed = y.clone()
+    changed[groups == 5] += 100.0
+    again = out_of_fold_decode(align, x, changed, folds=3, groups=groups)
+    torch.testing.assert_close(again[groups == 5], oof[groups == 5])
+    # without groups some rows of group 5 are predicted by heads that saw the others
+    plain = out_of_fold_decode(align, x, y, folds=3)
+    plain_changed = out_of_fold_decode(align, x, changed, folds=3)
+    assert not torch.allclose(plain_changed[groups == 5], plain[groups == 5])
+    with pytest.raises(DataError):
+        out_of_fold_decode(align, x, y, folds=3, groups=groups[:10])
 
 
 def test_save_load_round_trip(tmp_path):
