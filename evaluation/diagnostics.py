@@ -47,9 +47,9 @@ from evaluation.semantic_sim import SemanticScorer
 STAGES = {  # key -> caption in the table (and in the figure, for the stages that draw images)
     "stimuli": "test stimuli (ceiling)",
     "tokenizer_round_trip": "tokenizer round trip",
-    "true_features_readout": "true features, linear read-out (no image)",
+    "true_features_readout": "true features, read-out (no image)",
     "decoded_from_true_features": "decoded from true features",
-    "predicted_features_readout": "predicted features, linear read-out (no image)",
+    "predicted_features_readout": "predicted features, read-out (no image)",
     "retrieval_baseline": "retrieval (nearest training image)",
     "lea_decoded": "LEA decoded from fMRI",
 }

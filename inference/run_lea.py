@@ -372,9 +372,10 @@ def headline(report: SubjectReport) -> str:
     for table in report.tables:
         columns = table["columns"][1:]
         lines.append(f"{table['title']}:")
+        width = max(len(row[0]) for row in table["rows"])
         for row in table["rows"]:
             cells = [f"{c} {v}" for c, v in zip(columns, row[1:]) if v not in ("–", "skipped")]
-            lines.append(f"  {row[0]:<36} " + ", ".join(cells))
+            lines.append(f"  {row[0]:<{width}} " + ", ".join(cells))
     return "\n  ".join(lines)
 
 
