@@ -60,8 +60,8 @@ from evaluation import metrics as M  # noqa: E402
 from evaluation.figures import column_grid  # noqa: E402
 from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClassifier, attributes_of,  # noqa: E402
                                      find_categories_file, read_categories, stimulus_categories)
-from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from inference.api import LEA  # noqa: E402
+from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.alignment import out_of_fold_decode  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from models.rerank import best_candidates, take_kept  # noqa: E402
@@ -107,7 +107,8 @@ def fmri_conditions(cfg, subject: str, split: str, index: np.ndarray) -> tuple[t
     api = LEA.from_config(cfg, subject, "cpu")
     lea, data = api.pipeline, api.data
     if split == "test":
-        return lea.heads.decode(lea.fmri_latents(data.test_fmri).double()).float(), "heads fitted on all training trials"
+        predicted = lea.heads.decode(lea.fmri_latents(data.test_fmri).double())  # [T, D]
+        return predicted.float(), "heads fitted on all training trials"
     trial_image = torch.as_tensor(data.train_image_index, dtype=torch.long)  # [N]
     paired = api.features(data.train_images).double()[trial_image]  # [N, D]
     labels = data.train_labels

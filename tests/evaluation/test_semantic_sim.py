@@ -6,8 +6,8 @@ import pytest
 
 from datasets import load_subject
 from datasets.simulate import ATTRIBUTE_SIZES, BOLD_DIR, GOD_DIR
-from evaluation.semantic_sim import (ATTRIBUTES, classifier_features, find_categories_file, read_categories, semantic_scorer_or_reason,
-                                     skipped_semantic, stimulus_categories)
+from evaluation.semantic_sim import (ATTRIBUTES, classifier_features, find_categories_file, read_categories,
+                                     semantic_scorer_or_reason, skipped_semantic, stimulus_categories)
 from utils.errors import DataError
 
 ATTRIBUTE_CHANCE = float(np.mean([1 / k for k in ATTRIBUTE_SIZES]))
