@@ -18,7 +18,8 @@ results folder scores the same test stimuli through shorter chains:
 The two read-out stages score features, not images: only the semantic accuracy (simulated
 data; the read-out is fitted on the training stimuli's features, evaluation/semantic_sim.py).
 A read-out above the images drawn from the same features says the drawing loses what the
-features carry.
+features carry. A linear read-out is a lower bound on what they carry: where the test
+categories also occur in training, retrieval can name more.
 
 Each stage gets pair-wise and n-way identification in the image-feature space,
 pair-wise pixel-PCC identification, the simulated-data semantic accuracy
