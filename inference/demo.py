@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, shipped_but_missing, verify_shipped
-from utils.config import LEAConfig, apply_overrides, read_yaml, subject_path, to_dict
+from utils.config import REPORTING_KEYS, LEAConfig, apply_overrides, read_yaml, subject_path, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
 from utils.run_files import candidates
 
@@ -150,11 +150,6 @@ def check_fmri_features(path: Path, features: dict) -> None:
                                        f"aside (mv checkpoints/demo checkpoints/demo_old) and run the demo again"))
 
 
-# settings that say where and how often a run wrote, not how its weights were trained
-DRIFT_IGNORED = ("Train.out_dir", "Train.progress", "Train.log_interval", "Train.sample_interval",
-                 "Train.save_interval", "Train.num_workers")
-
-
 def config_drift(path: Path, stage_config: str, overrides: list[str]) -> list[str]:
     """'Key: trained with X, the demo config now says Y' for each setting that `stage_config` (with
     `overrides`) spells out and that the weight file at `path` was trained with otherwise (none for a
@@ -168,7 +163,7 @@ def config_drift(path: Path, stage_config: str, overrides: list[str]) -> list[st
     trained = flatten_config(payload["config"])
     wanted = flatten_config(apply_overrides(read_yaml(stage_config), overrides))
     return [f"{key}: trained with {trained.get(key)!r}, {stage_config} now says {value!r}"
-            for key, value in wanted.items() if key not in DRIFT_IGNORED and trained.get(key) != value]
+            for key, value in wanted.items() if key not in REPORTING_KEYS and trained.get(key) != value]
 
 
 def prepare_demo(cfg: LEAConfig, spec, progress: bool = True, log: Callable[[str], None] = print) -> None:

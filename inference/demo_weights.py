@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from utils.config import REPORTING_KEYS
 from utils.errors import CheckpointError, describe
 from utils.io import atomic_write_text, file_sha256, new_run_dir
 
@@ -158,10 +159,9 @@ def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -
     return folder
 
 
-# keys a shipped run may differ in from its committed config: where it wrote, whether it drew progress
-# bars, and (MaskGIT) which copy of the tokenizer it read
-RUN_ONLY_KEYS = {"tokenizer": {"Train.out_dir", "Train.progress"},
-                 "maskgit": {"Train.out_dir", "Train.progress", "Init.tokenizer"}}
+# keys a shipped run may differ in from its committed config: where and how it reported, and (MaskGIT)
+# which copy of the tokenizer it read
+RUN_ONLY_KEYS = {"tokenizer": set(REPORTING_KEYS), "maskgit": {*REPORTING_KEYS, "Init.tokenizer"}}
 
 
 def check_run_matches_config(run: Path, stage: str, config: str) -> None:

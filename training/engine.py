@@ -34,7 +34,7 @@ from training.distributed import (DistInfo, all_reduce_mean, barrier, broadcast_
                                   wrap_model)
 from training.logger import RunLogger
 from training.optim import build_optimizer, build_scheduler, param_groups
-from utils.config import TrainConfig, to_dict
+from utils.config import REPORTING_KEYS, TrainConfig, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
 from utils.io import atomic_torch_save, new_run_dir
 
@@ -157,9 +157,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# settings a resumed run may change: how long and where it runs, not how it trains
-RESUME_MAY_CHANGE = ("Train.max_steps", "Train.out_dir", "Train.log_interval", "Train.sample_interval",
-                     "Train.save_interval", "Train.num_workers", "Data.path", "Features.cache_dir", "Init.*")
+# settings a resumed run may change: how long it runs, where and how it reports, where its data and
+# starting weights are read from; not how it trains
+RESUME_MAY_CHANGE = ("Train.max_steps",) + REPORTING_KEYS + ("Data.path", "Features.cache_dir", "Init.*")
 
 
 def flatten_config(values: Any, prefix: str = "") -> dict[str, Any]:

@@ -82,6 +82,13 @@ class TrainConfig:
     progress: bool = True  # tqdm bars (train.py --no-progress or a non-terminal stdout turn them off)
 
 
+# Train settings that say where and how a run reports (its folder, progress bars, log / sample /
+# checkpoint intervals, data-loader workers), not how its weights are trained: a resumed run may
+# change them, and a run that differs from a config only in them was trained by that config
+REPORTING_KEYS = ("Train.out_dir", "Train.progress", "Train.log_interval", "Train.sample_interval",
+                  "Train.save_interval", "Train.num_workers")
+
+
 @dataclass
 class FeatureConfig:
     """Image-feature backend: the condition of MaskGIT and the target of decoding."""

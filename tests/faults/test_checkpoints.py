@@ -109,6 +109,9 @@ def test_resume_changes_lists_only_what_matters():
              "Model": {"embed_dim": 16}}
     assert resume_changes(saved, {"Train": {"lr": 1e-3, "max_steps": 20, "betas": [0.9, 0.95]},
                                   "Init": {"checkpoint": None}, "Model": {"embed_dim": 16}}) == []
+    # a run started in a terminal (progress bars) resumes under nohup (train.py turns them off)
+    bars = {"Train": {"lr": 1e-3, "progress": True}}
+    assert resume_changes(bars, {"Train": {"lr": 1e-3, "progress": False}}) == []
     assert resume_changes(saved, {"Train": {"lr": 1e-3, "max_steps": 10, "betas": [0.9, 0.99]},
                                   "Init": {"checkpoint": "a.pt"}, "Model": {"embed_dim": 32}}) == [
         "Model.embed_dim: saved 16, now 32", "Train.betas: saved [0.9, 0.95], now [0.9, 0.99]"]
