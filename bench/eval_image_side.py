@@ -61,8 +61,8 @@ from evaluation.figures import column_grid  # noqa: E402
 from evaluation.semantic_sim import (ATTRIBUTE_SIZES, ATTRIBUTES, AttributeClassifier, attributes_of,  # noqa: E402
                                      find_categories_file, read_categories, stimulus_categories)
 from inference.api import LEA  # noqa: E402
-from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.alignment import out_of_fold_decode  # noqa: E402
+from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from models.rerank import best_candidates, take_kept  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
