@@ -6,7 +6,7 @@ ships the two files `train.py` produced from the committed demo configs, with a 
     demo_weights/tokenizer.pt     python train.py tokenizer --config configs/demo/tokenizer.yaml
     demo_weights/maskgit.pt       python train.py maskgit --config configs/demo/maskgit.yaml \
                                       --set Init.tokenizer=demo_weights/tokenizer.pt
-                                  (on dataset/simulated_pool: python -m datasets.decoder_pool)
+                                  (both on dataset/simulated_pool: python -m datasets.decoder_pool)
     demo_weights/MANIFEST.json    per file: sha256, bytes, the exact command, its config and that
                                   config's sha256, the run, its training time and the data command
 
@@ -52,19 +52,21 @@ def train_command(stage: str, config: str, overrides: list[str]) -> str:
     return " ".join(["python train.py", stage, "--config", config, *[f"--set {o}" for o in overrides]])
 
 
-def pool_folder() -> Path:
-    """MaskGIT's training images: the decoder pool its committed config names (Data.image_folder)."""
+def pool_folder(stage: str) -> Path | None:
+    """The decoder pool a stage's committed config trains on (Data.image_folder), or None."""
     from utils.config import read_yaml
 
-    config = {stage: config for stage, config, _ in STAGES}["maskgit"]
-    return Path(read_yaml(config)["Data"]["image_folder"])
+    config = {stage: config for stage, config, _ in STAGES}[stage]
+    folder = read_yaml(config)["Data"].get("image_folder")
+    return Path(folder) if folder else None
 
 
 def stage_data_command(stage: str) -> str:
     """How a stage's training images were made, for the manifest."""
-    if stage == "tokenizer":
+    pool = pool_folder(stage)
+    if pool is None:
         return SIMULATE_COMMAND
-    return f"{SIMULATE_COMMAND}; python -m datasets.decoder_pool --data dataset/simulated --out {pool_folder()}"
+    return f"{SIMULATE_COMMAND}; python -m datasets.decoder_pool --data dataset/simulated --out {pool}"
 
 
 def read_manifest(folder: Path) -> dict:
@@ -123,8 +125,8 @@ def write_manifest(folder: Path, files: dict[str, dict], note: str) -> Path:
 
 
 def prepare_data(log: Callable[[str], None] = print) -> None:
-    """The images the image side trains on, made when missing: the simulated demo stimuli (tokenizer)
-    and the decoder pool of attribute combinations no stimulus uses (MaskGIT)."""
+    """The images the image side trains on, made when missing: the simulated demo data and the decoder
+    pool of attribute combinations no stimulus uses (tokenizer and MaskGIT)."""
     from datasets.decoder_pool import write_pool
     from datasets.simulate import GROUND_TRUTH_DIR, simulate
     from inference.demo import DEMO_SCALE, DEMO_SIM_ROOT
@@ -132,10 +134,10 @@ def prepare_data(log: Callable[[str], None] = print) -> None:
     if not (DEMO_SIM_ROOT / GROUND_TRUTH_DIR).is_dir():
         log(f"demo weights: simulating the demo data ({SIMULATE_COMMAND})")
         simulate(DEMO_SIM_ROOT, scale=DEMO_SCALE)
-    pool = pool_folder()
-    if not pool.is_dir():
-        log(f"demo weights: rendering the decoder pool into {pool}")
-        write_pool(DEMO_SIM_ROOT, pool)
+    for pool in sorted({pool_folder(stage) for stage, _, _ in STAGES} - {None}):
+        if not pool.is_dir():
+            log(f"demo weights: rendering the decoder pool into {pool}")
+            write_pool(DEMO_SIM_ROOT, pool)
 
 
 def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -> Path:

@@ -34,7 +34,7 @@ def shipped_manifest():
 
 
 def test_shipped_weights_match_their_manifest_and_stay_small():
-    from inference.demo_weights import MAX_TOTAL_BYTES, STAGES
+    from inference.demo_weights import MAX_TOTAL_BYTES, STAGES, stage_data_command
     from utils.io import file_sha256
 
     folder, manifest = shipped_manifest()
@@ -47,6 +47,8 @@ def test_shipped_weights_match_their_manifest_and_stay_small():
         # trained from the committed config as it is now (a later edit must retrain and re-ship)
         assert file_sha256(record["config"]) == record["config_sha256"], record["config"]
         assert record["command"].startswith(f"python train.py {name.split('.')[0]} --config {record['config']}")
+        # and says how the images its config trains on are made (a decoder pool named there included)
+        assert record["data"] == stage_data_command(name.split(".")[0]), name
     assert total == manifest["total_bytes"] <= MAX_TOTAL_BYTES
 
 
