@@ -1,7 +1,7 @@
 """The whole chain through its real entry points, as a user runs it on new data:
 
-    python -m datasets.simulate  ->  train.py fmri / tokenizer  ->  python -m datasets.decoder_pool
-    ->  train.py maskgit (on the pool) / align  ->  LEA_GOD.py
+    python -m datasets.simulate  ->  train.py fmri  ->  python -m datasets.decoder_pool
+    ->  train.py tokenizer / maskgit (on the pool) / align  ->  LEA_GOD.py
 
 Tiny networks and a few steps each: this checks that every stage's output is the next stage's
 input in the on-disk formats, not that the models are good (the demo shows that).
@@ -58,11 +58,11 @@ def test_simulate_train_every_stage_then_decode_and_encode(tmp_path):
     cache = f"Features.cache_dir={tmp_path / 'cache'}"
     train("fmri", "fmri_GOD.yaml", "Data.subjects=[sbj_1]", cache)
     fmri = only_file(ckpt / "fmri", "fmri_autoencoder.pt")
-    train("tokenizer", "tokenizer.yaml")
-    tokenizer = only_file(ckpt / "tokenizer", "tokenizer.pt")
     pool = tmp_path / "pool"
     run("-m", "datasets.decoder_pool", "--data", str(sim), "--out", str(pool), "--per-combination", "1",
         "--no-progress", cwd=REPO)
+    train("tokenizer", "tokenizer.yaml", f"Data.image_folder={pool}")
+    tokenizer = only_file(ckpt / "tokenizer", "tokenizer.pt")
     train("maskgit", "maskgit.yaml", f"Init.tokenizer={tokenizer}", f"Data.image_folder={pool}", cache)
     maskgit = only_file(ckpt / "maskgit", "maskgit.pt")
 

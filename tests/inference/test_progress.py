@@ -34,7 +34,8 @@ def test_bars_need_a_request_and_a_terminal(monkeypatch):
 @pytest.mark.parametrize("progress", [True, False])
 def test_demo_training_stages_follow_no_progress(progress, sim_root, tmp_path, capsys, monkeypatch):
     pretend_terminal(monkeypatch)
-    overrides = [f"Data.path={sim_root / GOD_DIR}", f"Train.out_dir={tmp_path}", *TINY_TOKENIZER]
+    overrides = [f"Data.path={sim_root / GOD_DIR}", "Data.image_folder=null",  # the stimuli, not the demo's pool
+                 f"Train.out_dir={tmp_path}", *TINY_TOKENIZER]
     final = train_stage("tokenizer", "configs/demo/tokenizer.yaml", overrides, print, progress=progress)
     err = capsys.readouterr().err
     assert (BAR_MARK in err) == progress

@@ -46,6 +46,7 @@ def trained(sim_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stages")
     fmri = run_stage("fmri", "fmri_GOD.yaml", tmp, *fmri_overrides(sim_root, tmp))
     tok = run_stage("tokenizer", "tokenizer.yaml", tmp, f"Data.path={sim_root / GOD_DIR}",
+                    "Data.image_folder=null",  # the stimuli, not the demo's pool
                     "Model.ch_base=32", "Model.ch_mult=[1,2,2,4]", "Loss.disc_start=1", steps=2)
     return {"tmp": tmp, "fmri": fmri, "tokenizer": tok}
 
