@@ -56,7 +56,7 @@ def pool_folder(stage: str) -> Path | None:
     """The decoder pool a stage's committed config trains on (Data.image_folder), or None."""
     from utils.config import read_yaml
 
-    config = {stage: config for stage, config, _ in STAGES}[stage]
+    config = {name: path for name, path, _ in STAGES}[stage]
     folder = read_yaml(config)["Data"].get("image_folder")
     return Path(folder) if folder else None
 
