@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, shipped_but_missing, verify_shipped
+from inference.demo_weights import MANIFEST_NAME, REGENERATE_HINT, prepare_data, shipped_but_missing, verify_shipped
 from utils.config import REPORTING_KEYS, LEAConfig, apply_overrides, read_yaml, subject_path, to_dict
 from utils.errors import CheckpointError, ConfigError, LEAError, describe
 from utils.run_files import candidates
@@ -108,6 +108,8 @@ def ensure_weight(stage: str, stable: Path, config: str, overrides: list[str],
     if found:
         log(f"demo: using {found[0]} (what {stable} names)")
         return found[0]
+    if stage in STAGE_CONFIGS:
+        prepare_data(log)  # the decoder pool the image side's configs train on (Data.image_folder)
     started = time.time()
     final = train_stage(stage, config, overrides, log, progress)
     placed = place_without_overwrite(final, stable)

@@ -1,12 +1,15 @@
 """Manifests of packaged demo image-side weights: written with sha256 and commands, checked before use."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from inference.demo_weights import MANIFEST_NAME, verify_shipped, write_manifest
 from models.checkpoints import safe_torch_load
 from utils.errors import CheckpointError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_changed_file_is_refused(tmp_path):
@@ -131,6 +134,30 @@ def test_a_missing_shipped_file_is_reported_not_retrained(tmp_path):
     (tmp_path / "tokenizer.pt").unlink()
     with pytest.raises(CheckpointError, match="git checkout"):
         ensure_weight("tokenizer", tmp_path / "tokenizer.pt", str(config), [], log=lambda _: None)
+
+
+def test_a_demo_image_stage_it_must_train_gets_its_decoder_pool_first(sim_root, tmp_path, monkeypatch):
+    import inference.demo as demo
+    from inference.demo_weights import pool_folder
+
+    monkeypatch.chdir(tmp_path)                    # the demo's relative data, config and weight paths
+    shutil.copytree(REPO / "configs" / "demo", tmp_path / "configs" / "demo")
+    shutil.copytree(sim_root, tmp_path / demo.DEMO_SIM_ROOT)
+    pool = pool_folder("tokenizer")
+    seen = []
+
+    def fake_training(stage, config, overrides, log, progress=True):   # stands in for train.py only
+        seen.append((pool / "pool.json").is_file())
+        final = tmp_path / "run" / demo.FINAL_FILES[stage]
+        final.parent.mkdir()
+        final.write_bytes(b"weights")
+        return final
+
+    monkeypatch.setattr(demo, "train_stage", fake_training)
+    stable = tmp_path / "weights" / "tokenizer.pt"
+    stable.parent.mkdir()
+    assert demo.ensure_weight("tokenizer", stable, demo.STAGE_CONFIGS["tokenizer"], [], log=lambda _: None) == stable
+    assert seen == [True] and stable.read_bytes() == b"weights"
 
 
 def test_a_run_folder_or_run_name_given_for_a_demo_weight_is_used_not_retrained(tmp_path):
