@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FLOORS = {"utils": 0, "datasets": 1, "models": 1, "training": 2, "inference": 2, "evaluation": 2}
 
 

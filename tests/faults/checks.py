@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 300
 # advice this project never gives: turning a safety off
 UNSAFE_ADVICE = ("weights_only=False", "`weights_only` set to `False`", "allow_pickle=True")

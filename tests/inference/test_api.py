@@ -14,8 +14,8 @@ from models.alignment import AlignmentHeads
 from tests.inference.test_lea_scripts import IMAGE_SIZE, NUM_SAMPLES, make_setup
 from utils.config import save_config
 from utils.errors import CheckpointError, ConfigError
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 README_CONFIG = "configs/demo/LEA_GOD.yaml"
 EXAMPLE_MAX_LINES = 10
 

@@ -1,15 +1,14 @@
 """Manifests of packaged demo image-side weights: written with sha256 and commands, checked before use."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from inference.demo_weights import MANIFEST_NAME, verify_shipped, write_manifest
 from models.checkpoints import safe_torch_load
 from utils.errors import CheckpointError
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_changed_file_is_refused(tmp_path):

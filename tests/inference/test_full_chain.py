@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo"
 STEPS = 3
 TINY = {

@@ -18,8 +18,8 @@ from datasets.simulate import BOLD_DIR, GOD_DIR
 from tests.models.test_lea_pipeline import FEATURE_DIM, IMAGE_SIZE, tiny_configs, write_model_file
 from inference import LEA
 from inference.run_lea import main
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 2
 CASES = {  # dataset -> (script, data folder under the simulated root, subject)
     "GOD": ("LEA_GOD.py", GOD_DIR, "sbj_1"),

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image
+from tests.paths import REPO
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "docs" / "tutorial.ipynb"
 CELL_TIMEOUT_S = 300
 EXPECTED_FIGURES = 2  # decoded images, encoding scatter

@@ -21,8 +21,8 @@ import torch
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.vqgan import VQGAN, VQGANConfig
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 KEYS_FILE = "release_state_dict_keys.txt"
 GOLDEN_FILE = "release_golden.pt"
 ATOL = 1e-5
