@@ -65,8 +65,8 @@ from models.alignment import out_of_fold_decode  # noqa: E402
 from models.image_features import build_image_features_from_config, features_of  # noqa: E402
 from models.lea import load_trained_network, to_uint8  # noqa: E402
 from models.rerank import best_candidates, take_kept  # noqa: E402
+from models.vqgan import tokenizer_input  # noqa: E402
 from training.codebook import usage_stats  # noqa: E402
-from training.stage_tokenizer import resize_images  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/demo/LEA_GOD.yaml"
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         index = np.arange(len(chosen))
     if args.condition == "fmri" and args.split == "pool":
         p.error("--condition fmri needs --split test or train (the pool has no fMRI)")
-    test = resize_images(chosen, size)  # [T, 3, S, S]
+    test = tokenizer_input(chosen, size)  # [T, 3, S, S]
     test_u8 = to_uint8(test)  # [T, S, S, 3]
     gt_feats = features_of(extractor, test_u8)  # [T, D] scored at the tokenizer's resolution
     conditions = features_of(extractor, chosen)  # [T, D] of the original images, as MaskGIT trained on them
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         conditions, predicted_by = fmri_conditions(cfg, subject, args.split, index)  # [T, D]
 
     indices = torch.cat([tokenizer.encode(x[i:i + TOKENIZE_BATCH])[1].flatten()
-                         for x in (resize_images(data.train_images, size), test)
+                         for x in (tokenizer_input(data.train_images, size), test)
                          for i in range(0, len(x), TOKENIZE_BATCH)])
     used, perplexity = usage_stats(torch.bincount(indices, minlength=tokenizer.config.num_codebook))
     rt = to_uint8(tokenizer(test)[0])  # [T, S, S, 3]

@@ -44,6 +44,7 @@ from evaluation import metrics as M
 from evaluation.figures import column_grid
 from evaluation.retrieval import retrieve_images
 from evaluation.semantic_sim import SemanticScorer
+from utils.errors import DataError, describe
 
 STAGES = {  # key -> caption in the table (and in the figure, for the stages that draw images)
     "stimuli": "test stimuli (ceiling)",
@@ -152,7 +153,7 @@ def _features(feature_fn: FeatureFn, images: np.ndarray) -> torch.Tensor:
 
 def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, train_features: torch.Tensor,
              predicted_features: torch.Tensor,
-             round_trip: Callable[[np.ndarray], np.ndarray], generate: Callable[[torch.Tensor], np.ndarray],
+             round_trip: np.ndarray, generate: Callable[[torch.Tensor], np.ndarray],
              true_features: torch.Tensor, feature_fn: FeatureFn, backend: str, n_way: int | None,
              scorer: SemanticScorer | None, semantic_reason: str | None) -> Diagnostics:
     """Run every stage and score it.
@@ -163,7 +164,8 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
         train_images: training stimuli uint8 [M, h, w, 3] (retrieval candidates).
         train_features: their image features [M, D].
         predicted_features: features predicted from fMRI [T, D] (the MaskGIT condition).
-        round_trip: uint8 [T, H, W, 3] -> the tokenizer's reconstruction, same shape.
+        round_trip: the tokenizer's reconstruction of the test stimuli, uint8 [T, H, W, 3] like `gt` (made
+            from the stimuli as loaded, resized as the tokenizer was trained: LEA.tokenizer_round_trip).
         generate: features [T, D] -> uint8 [T, S, H, W, 3] (MaskGIT + tokenizer, the run's sampling).
         true_features: image features of the test stimuli [T, D], the condition MaskGIT was trained on.
         feature_fn: images uint8 [N, H, W, 3] -> features [N, D] (the run's feature space).
@@ -171,10 +173,13 @@ def diagnose(*, gt: np.ndarray, decoded: np.ndarray, train_images: np.ndarray, t
         n_way: n of the feature n-way accuracy (None: too few trials).
         scorer: the simulated-data semantic scorer, or None with `semantic_reason`.
     """
+    if round_trip.shape != gt.shape:
+        raise DataError(describe("tokenizer round trip of the test stimuli", f"images {list(gt.shape)} like the "
+                                 "ground truth at the decoded resolution", list(round_trip.shape)))
     gt_features = feature_fn(gt)  # [T, D]
     _, retrieved = retrieve_images(predicted_features, train_features, train_images)  # [T, 1, h, w, 3]
     retrieved = M.resize_images(retrieved[:, 0], gt.shape[1:3])[:, None]  # [T, 1, H, W, 3]
-    stage_images = {"stimuli": gt[:, None], "tokenizer_round_trip": round_trip(gt)[:, None],
+    stage_images = {"stimuli": gt[:, None], "tokenizer_round_trip": round_trip[:, None],
                     "decoded_from_true_features": generate(true_features), "retrieval_baseline": retrieved,
                     "lea_decoded": decoded}
     readout = {"true_features_readout": true_features, "predicted_features_readout": predicted_features}

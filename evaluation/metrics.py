@@ -105,7 +105,9 @@ def as_pixels(images: ArrayLike, where: str = "images") -> np.ndarray:
 
 
 def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size."""
+    """uint8 [N, H, W, 3] -> uint8 [N, size[0], size[1], 3] (bicubic); unchanged when already that size.
+    The evaluation's resize of ground truth and retrieved images to the decoded resolution; what the
+    tokenizer is given is resized by models/vqgan.py `tokenizer_input`."""
     if images.shape[1:3] == tuple(size):
         return images
     return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.Resampling.BICUBIC))

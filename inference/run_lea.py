@@ -295,7 +295,7 @@ def run_subject(subject: str, cfg: LEAConfig, config_path: str, run_dir: Path, e
     log(f"{subject}: diagnostics (tokenizer round trip, decoding from true features, retrieval)")
     diag = diagnose(gt=gt, decoded=images, train_images=data.train_images, train_features=features(data.train_images),
                     predicted_features=decoded.features, true_features=encoded.features,
-                    round_trip=lea.tokenizer_round_trip,
+                    round_trip=lea.tokenizer_round_trip(data.test_images),
                     generate=lambda f: lea.generate_images(f, cfg.sampling, torch.Generator(device=device).manual_seed(
                         cfg.seed), desc="decoding true features"),
                     feature_fn=lambda x: features_of(extractor, x), backend=extractor.name,

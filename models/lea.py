@@ -24,7 +24,7 @@ from models.hub import CONFIG_NAME, read_config
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.maskgit import MaskGITConfig, MaskGITTransformer
 from models.rerank import best_candidates, take_kept
-from models.vqgan import VQGAN, VQGANConfig
+from models.vqgan import VQGAN, VQGANConfig, tokenizer_input
 from utils.config import AlignConfig, SamplingConfig, build
 from utils.errors import CheckpointError, ConfigError, DataError, describe
 from utils.precision import autocast
@@ -274,12 +274,14 @@ class LEA:
 
     @torch.no_grad()
     def tokenizer_round_trip(self, images: np.ndarray) -> np.ndarray:
-        """Images uint8 [N, H, W, 3] -> tokens -> images uint8 [N, H, W, 3] (the tokenizer's own loss)."""
+        """Stimuli uint8 [N, H, W, 3] at any size -> tokens -> images uint8 [N, R, R, 3], R the tokenizer's
+        resolution (what the tokenizer keeps). The stimuli are resized to R as the tokenizer was trained
+        on them (models/vqgan.py `tokenizer_input`), not as the evaluation resizes its ground truth."""
         out = []
+        size = self.tokenizer.config.resolution
         steps = list(_chunks(len(images), self.batch_size))
         for sl in self._bar(steps, "tokenizer round trip", len(steps)):
-            x = torch.from_numpy(np.ascontiguousarray(images[sl])).permute(0, 3, 1, 2)  # [b, 3, H, W] uint8
-            x = (x.float() / UINT8_MAX).to(self.device, memory_format=torch.channels_last)
+            x = tokenizer_input(images[sl], size).to(self.device, memory_format=torch.channels_last)  # [b, 3, R, R]
             with autocast(self.device, self.dtype):
                 _, indices = self.tokenizer.encode(x)  # [b, h, w]
                 pixels = self.tokenizer.decode_indices(indices)  # [b, 3, H, W]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from utils.errors import ConfigError, DataError, describe
 NUM_GROUPS = 32  # GroupNorm groups of the release and the published tokenizer
 GROUP_NORM_EPS = 1e-5  # epsilon of every GroupNorm
 SAMPLE_FACTOR = 2  # spatial factor of each down- / up-sampling step
+UINT8_MAX = 255.0  # uint8 images are scaled to [0, 1] by it
 
 # release config fields with the only value this implementation supports
 RELEASE_FIXED_FIELDS = {"norm_mode": "gn", "use_spectral_norm": False, "sample_with_conv": False,
@@ -206,6 +208,16 @@ class VectorQuantizer(nn.Module):
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """indices: [B, h, w] -> quantised map [B, D, h, w]."""
         return rearrange(self.embedding(indices), "b h w d -> b d h w")  # [B, D, h, w]
+
+
+def tokenizer_input(images: np.ndarray, size: int) -> torch.Tensor:
+    """Stimuli uint8 [N, H, W, 3] -> float [N, 3, size, size] in [0, 1], resized (antialiased bilinear;
+    unchanged when already that size) the one way the tokenizer sees images: in its training, when
+    MaskGIT's training tokens are made, and in the round trip of the diagnostics."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / UINT8_MAX  # [N, 3, H, W]
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0)
 
 
 class VQGAN(PretrainedMixin, nn.Module):

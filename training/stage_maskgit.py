@@ -40,11 +40,11 @@ from models.checkpoints import load_release_checkpoint
 from models.maskgit import MaskGITTransformer, mask_schedule
 from models.provenance import current_features
 from models.published import load_frozen_tokenizer, load_imagenet_transformer
-from models.vqgan import VQGAN
+from models.vqgan import VQGAN, tokenizer_input
 from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
 from training.stage_fmri import image_features
-from training.stage_tokenizer import FINAL_NAME as TOKENIZER_FILE, check_image_size, resize_images, stimulus_images
+from training.stage_tokenizer import FINAL_NAME as TOKENIZER_FILE, check_image_size, stimulus_images
 from utils.config import MaskGITLossConfig, MaskGITStageConfig, read_yaml, to_dict
 from utils.errors import CheckpointError, ConfigError, describe
 from utils.io import atomic_save_npy, file_sha256, progress_wanted, read_cache
@@ -180,7 +180,7 @@ class MaskGITStage(Stage):
         tokens, conds = [], []
         for v, images in enumerate(variants):
             key = f"{cfg.data.dataset}_stimuli_{'flip' if v else 'orig'}"
-            pixels = resize_images(images, cfg.data.image_size)
+            pixels = tokenizer_input(images, cfg.data.image_size)
             digest = tokens_digest(tok_hash, images, cfg.data.image_size)
             tokens.append(tokenize(self.tokenizer, pixels, cfg.features.cache_dir, f"tokens_{key}_{digest}"))
             conds.append(image_features(cfg.features, images, key, cfg.train.progress))
@@ -190,7 +190,7 @@ class MaskGITStage(Stage):
             log(f"maskgit: Sampling.candidates={cfg.sampling.candidates} applies to LEA decoding (it scores "
                 "candidates against the alignment's feature statistics); the training previews draw one sample each")
         self.train_set = TokenSet(torch.stack(tokens), torch.stack(conds).float())
-        self.sample_images = resize_images(test_u8[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
+        self.sample_images = tokenizer_input(test_u8[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
         self.sample_conditions = image_features(cfg.features, test_u8[:NUM_SAMPLE_IMAGES],
                                                 f"{cfg.data.dataset}_test_samples", cfg.train.progress).float()
         model = MaskGITTransformer(m)

@@ -38,7 +38,7 @@ from datasets.image_folder import load_image_folder
 from evaluation.metrics import SSIM_K1, SSIM_K2, SSIM_WINDOW
 from models.checkpoints import load_maskgit_vqgan, load_state_dict_strict, safe_torch_load
 from models.discriminator import PatchDiscriminator, PatchDiscriminatorConfig
-from models.vqgan import VQGAN, VQGANConfig
+from models.vqgan import VQGAN, VQGANConfig, tokenizer_input
 from training.codebook import CodebookMonitor, kmeans_codebook, usage_stats
 from training.engine import Stage, TrainModule, single_stage_builders
 from training.logger import save_image_grid
@@ -51,20 +51,11 @@ from utils.io import progress_wanted
 KIND = "tokenizer"
 FINAL_NAME = "tokenizer.pt"
 NUM_SAMPLE_IMAGES = 8
-UINT8_MAX = 255.0
 
 
 # ---------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------
-
-
-def resize_images(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [0, 1] (antialiased bilinear)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / UINT8_MAX  # [N, 3, H, W]
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(0.0, 1.0)
 
 
 def _unique_images(arrays: list[np.ndarray], exclude: set[bytes] = frozenset()) -> tuple[np.ndarray, set[bytes]]:
@@ -241,7 +232,7 @@ class TokenizerStage(Stage):
         check_image_size(cfg.data, cfg.model, source)
         train_images, test_images, _ = stimulus_images(cfg.data, source, progress_wanted(cfg.train.progress))
         vqgan = VQGAN(cfg.model)
-        self.train_set = ImageSet(resize_images(train_images, cfg.data.image_size), cfg.data.flip)
+        self.train_set = ImageSet(tokenizer_input(train_images, cfg.data.image_size), cfg.data.flip)
         if cfg.init.checkpoint:
             log(load_tokenizer_weights(vqgan, cfg.init.checkpoint))
         elif cfg.loss.kmeans_iters:
@@ -254,7 +245,7 @@ class TokenizerStage(Stage):
         disc = PatchDiscriminator(PatchDiscriminatorConfig(in_ch=cfg.model.in_ch, channels=cfg.loss.disc_channels,
                                                            n_layers=cfg.loss.disc_layers))
         self.module = TokenizerTrainModule(vqgan, disc, cfg)
-        self.sample_images = resize_images(test_images[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
+        self.sample_images = tokenizer_input(test_images[:NUM_SAMPLE_IMAGES], cfg.data.image_size)
 
     def sample(self, module: TokenizerTrainModule, step: int, out_dir: Path) -> None:
         """Test images (top row) and their reconstructions (bottom row) as one PNG."""

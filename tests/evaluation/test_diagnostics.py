@@ -8,6 +8,7 @@ from evaluation.metrics import resize_images
 from evaluation.retrieval import nearest_training_images
 from evaluation.semantic_sim import ATTRIBUTES
 from models.image_features import build_image_features, features_of
+from utils.errors import DataError
 
 DECODED_SIZE = 32
 
@@ -32,7 +33,7 @@ def test_every_stage_is_scored_and_drawn(god_subject, god_scorer):
     decoded = np.stack([np.roll(gt, 1, axis=0), gt], axis=1)                  # [T, 2, H, W, 3]
     diag = diagnose(gt=gt, decoded=decoded, train_images=god_subject.train_images, train_features=train_features,
                     predicted_features=predicted, true_features=true_features,
-                    round_trip=lambda images: images,                          # a lossless tokenizer
+                    round_trip=gt,                                             # a lossless tokenizer
                     generate=lambda f: np.repeat(gt[:, None], 2, axis=1),      # a perfect, deterministic image side
                     feature_fn=feature_fn, backend="handcrafted", n_way=len(gt), scorer=god_scorer,
                     semantic_reason=None)
@@ -75,7 +76,7 @@ def test_recorded_data_skips_only_the_semantic_columns(god_subject):
     feats = feature_fn(gt)
     diag = diagnose(gt=gt, decoded=gt[:, None], train_images=god_subject.train_images,
                     train_features=feature_fn(god_subject.train_images), predicted_features=feats,
-                    true_features=feats, round_trip=lambda images: images, generate=lambda f: gt[:, None],
+                    true_features=feats, round_trip=gt, generate=lambda f: gt[:, None],
                     feature_fn=feature_fn, backend="handcrafted", n_way=None, scorer=None,
                     semantic_reason="no ground truth")
     m = {x.name: x for x in diag.metrics}
@@ -83,3 +84,16 @@ def test_recorded_data_skips_only_the_semantic_columns(god_subject):
     assert m["predicted_features_readout/sim_attribute_accuracy"].skipped == "no ground truth"
     assert m["lea_decoded/handcrafted_pairwise_pcc"].value == 1.0
     assert diag.table_rows["stimuli"] == {}
+
+
+def test_a_round_trip_at_another_resolution_than_the_ground_truth_is_refused(god_subject):
+    extractor = build_image_features("handcrafted", dim=32, normalize=True)
+    feature_fn = lambda images: features_of(extractor, images)  # noqa: E731
+    gt = resize_images(god_subject.test_images, (DECODED_SIZE, DECODED_SIZE))     # [T, H, W, 3]
+    feats = feature_fn(gt)
+    with pytest.raises(DataError, match=r"tokenizer round trip of the test stimuli.*\[.*32, 32, 3\].*found"):
+        diagnose(gt=gt, decoded=gt[:, None], train_images=god_subject.train_images,
+                 train_features=feature_fn(god_subject.train_images), predicted_features=feats,
+                 true_features=feats, round_trip=god_subject.test_images, generate=lambda f: gt[:, None],
+                 feature_fn=feature_fn, backend="handcrafted", n_way=None, scorer=None,
+                 semantic_reason="no ground truth")

@@ -11,7 +11,7 @@ from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.image_features import build_image_features
 from models.lea import LEA, check_fmri_fits, load_trained_network, to_uint8
 from models.maskgit import MaskGITConfig, MaskGITTransformer
-from models.vqgan import VQGAN, VQGANConfig
+from models.vqgan import VQGAN, VQGANConfig, tokenizer_input
 from utils.config import AlignConfig, SamplingConfig, to_dict
 from utils.errors import CheckpointError
 from utils.io import atomic_torch_save
@@ -180,3 +180,21 @@ def test_tokenizer_round_trip_is_encode_then_decode(lea):
         _, indices = lea.tokenizer.encode(x)
         expected = to_uint8(lea.tokenizer.decode_indices(indices))
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1   # channels_last may round differently
+
+
+def test_tokenizer_round_trip_resizes_stimuli_as_the_tokenizer_was_trained(lea):
+    """Stimuli larger than the tokenizer's resolution (the demo's 256-pixel stimuli, a 64-pixel
+    tokenizer) reach it resized by tokenizer_input, as in its training and MaskGIT's tokens, and come
+    back at its resolution; the bicubic resize of the evaluation's ground truth gives other pixels."""
+    from evaluation.metrics import resize_images
+
+    stimuli = random_images(4, size=4 * IMAGE_SIZE)
+    out = lea.tokenizer_round_trip(stimuli)
+    assert out.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
+    with torch.no_grad():
+        _, indices = lea.tokenizer.encode(tokenizer_input(stimuli, IMAGE_SIZE))
+        expected = to_uint8(lea.tokenizer.decode_indices(indices))
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    bicubic = resize_images(stimuli, (IMAGE_SIZE, IMAGE_SIZE))
+    assert np.abs(tokenizer_input(stimuli, IMAGE_SIZE).numpy() * 255.0
+                  - np.moveaxis(bicubic, -1, 1)).max() > 1             # the two resizes differ on these images
