@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from tests.paths import REPO
 
 FLOORS = {"utils": 0, "datasets": 1, "models": 1, "training": 2, "inference": 2, "evaluation": 2}

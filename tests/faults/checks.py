@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
 from tests.paths import REPO
 
 CLI_TIMEOUT_S = 300

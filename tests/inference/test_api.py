@@ -12,9 +12,9 @@ import yaml
 from inference import LEA
 from models.alignment import AlignmentHeads
 from tests.inference.test_lea_scripts import IMAGE_SIZE, NUM_SAMPLES, make_setup
+from tests.paths import REPO
 from utils.config import save_config
 from utils.errors import CheckpointError, ConfigError
-from tests.paths import REPO
 
 README_CONFIG = "configs/demo/LEA_GOD.yaml"
 EXAMPLE_MAX_LINES = 10

@@ -6,9 +6,8 @@ import pytest
 
 from inference.demo_weights import MANIFEST_NAME, verify_shipped, write_manifest
 from models.checkpoints import safe_torch_load
-from utils.errors import CheckpointError
 from tests.paths import REPO
-
+from utils.errors import CheckpointError
 
 
 def test_a_changed_file_is_refused(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.paths import REPO
 
 DEMO = REPO / "configs" / "demo"

@@ -6,6 +6,7 @@ import io
 
 import pytest
 from PIL import Image
+
 from tests.paths import REPO
 
 nbformat = pytest.importorskip("nbformat")

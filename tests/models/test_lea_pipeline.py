@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.metrics import resize_images
 from models.fmri_autoencoder import FMRIAutoencoder, FMRIAutoencoderConfig
 from models.image_features import build_image_features
 from models.lea import LEA, check_fmri_fits, load_trained_network, to_uint8
@@ -183,11 +184,9 @@ def test_tokenizer_round_trip_is_encode_then_decode(lea):
 
 
 def test_tokenizer_round_trip_resizes_stimuli_as_the_tokenizer_was_trained(lea):
-    """Stimuli larger than the tokenizer's resolution (the demo's 256-pixel stimuli, a 64-pixel
+    """Stimuli larger than the tokenizer's resolution (say recorded 256-pixel stimuli and a 64-pixel
     tokenizer) reach it resized by tokenizer_input, as in its training and MaskGIT's tokens, and come
     back at its resolution; the bicubic resize of the evaluation's ground truth gives other pixels."""
-    from evaluation.metrics import resize_images
-
     stimuli = random_images(4, size=4 * IMAGE_SIZE)
     out = lea.tokenizer_round_trip(stimuli)
     assert out.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
