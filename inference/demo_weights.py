@@ -19,7 +19,7 @@ the demo.
 configs into a new folder `checkpoints/demo/image_side_<date-time>/` with its manifest (nothing
 existing is replaced; about an hour and a half on one CPU thread; trained the same way: a retrained
 tokenizer's weight tensors equalled the shipped ones on this project's machine, its file's sha256 not, as
-each file records its own run).
+each file records the folder it was trained into).
 `python -m inference.demo_weights --ship TOKENIZER_RUN MASKGIT_RUN` copies two runs into
 demo_weights/ after checking that each was trained with its committed config (`ship`);
 `--ship-maskgit MASKGIT_RUN` ships a MaskGIT trained on the shipped tokenizer, which stays.
