@@ -144,9 +144,11 @@ def prepare_data(log: Callable[[str], None] = print) -> None:
 
 def retrain(out_root: Path = RETRAIN_ROOT, log: Callable[[str], None] = print) -> Path:
     """Train the tokenizer, then MaskGIT on its tokens, from the committed demo configs; copy both final
-    files into a new folder under `out_root` with their manifest; return that folder."""
-    from inference.demo import train_stage
+    files into a new folder under `out_root` with their manifest; return that folder. Torch runs on one
+    CPU thread unless OMP_NUM_THREADS says otherwise, as the shipped files were trained."""
+    from inference.demo import set_demo_threads, train_stage
 
+    set_demo_threads(log)
     prepare_data(log)
     finals, files = {}, {}
     for stage, config, name in STAGES:

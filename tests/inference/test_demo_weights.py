@@ -246,3 +246,31 @@ def test_ship_maskgit_alone_keeps_the_shipped_tokenizer_and_checks_it_was_traine
     (dest / "maskgit.pt").unlink()
     with pytest.raises(CheckpointError, match="sha256"):
         ship({"maskgit": run}, dest)
+
+
+def test_demo_train_trains_on_one_thread_as_the_shipped_files_were(tmp_path, monkeypatch):
+    import torch
+
+    import inference.demo
+    import inference.demo_weights as dw
+
+    threads_during_training = []
+
+    def fake_train_stage(stage, config, overrides, log, progress=True):
+        threads_during_training.append(torch.get_num_threads())
+        final = tmp_path / "runs" / stage / f"{stage}.pt"
+        final.parent.mkdir(parents=True)
+        final.write_bytes(stage.encode())
+        return final
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(inference.demo, "train_stage", fake_train_stage)
+    monkeypatch.setattr(dw, "prepare_data", lambda log: None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        folder = dw.retrain(tmp_path / "out", log=lambda line: None)
+    finally:
+        torch.set_num_threads(before)
+    assert threads_during_training == [1, 1]
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST_NAME, "maskgit.pt", "tokenizer.pt"]
