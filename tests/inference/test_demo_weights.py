@@ -3,11 +3,25 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from inference.demo_weights import MANIFEST_NAME, verify_shipped, write_manifest
 from models.checkpoints import safe_torch_load
 from tests.paths import REPO
 from utils.errors import CheckpointError
+
+
+def training_stub(run_root, observe):
+    """Stands in for train.py only: calls `observe()`, then writes a final file as a run would."""
+    from inference.demo import FINAL_FILES
+
+    def fake_train_stage(stage, config, overrides, log, progress=True):
+        observe()
+        final = run_root / stage / FINAL_FILES[stage]
+        final.parent.mkdir(parents=True)
+        final.write_bytes(b"weights")
+        return final
+    return fake_train_stage
 
 
 def test_a_changed_file_is_refused(tmp_path):
@@ -143,15 +157,8 @@ def test_a_demo_image_stage_it_must_train_gets_its_decoder_pool_first(sim_root, 
     shutil.copytree(sim_root, tmp_path / demo.DEMO_SIM_ROOT)
     pool = pool_folder("tokenizer")
     seen = []
-
-    def fake_training(stage, config, overrides, log, progress=True):   # stands in for train.py only
-        seen.append((pool / "pool.json").is_file())
-        final = tmp_path / "run" / demo.FINAL_FILES[stage]
-        final.parent.mkdir()
-        final.write_bytes(b"weights")
-        return final
-
-    monkeypatch.setattr(demo, "train_stage", fake_training)
+    monkeypatch.setattr(demo, "train_stage",
+                        training_stub(tmp_path / "run", lambda: seen.append((pool / "pool.json").is_file())))
     stable = tmp_path / "weights" / "tokenizer.pt"
     stable.parent.mkdir()
     assert demo.ensure_weight("tokenizer", stable, demo.STAGE_CONFIGS["tokenizer"], [], log=lambda _: None) == stable
@@ -249,22 +256,13 @@ def test_ship_maskgit_alone_keeps_the_shipped_tokenizer_and_checks_it_was_traine
 
 
 def test_demo_train_trains_on_one_thread_as_the_shipped_files_were(tmp_path, monkeypatch):
-    import torch
-
     import inference.demo
     import inference.demo_weights as dw
 
     threads_during_training = []
-
-    def fake_train_stage(stage, config, overrides, log, progress=True):
-        threads_during_training.append(torch.get_num_threads())
-        final = tmp_path / "runs" / stage / f"{stage}.pt"
-        final.parent.mkdir(parents=True)
-        final.write_bytes(stage.encode())
-        return final
-
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(inference.demo, "train_stage", fake_train_stage)
+    monkeypatch.setattr(inference.demo, "train_stage",
+                        training_stub(tmp_path / "runs", lambda: threads_during_training.append(torch.get_num_threads())))
     monkeypatch.setattr(dw, "prepare_data", lambda log: None)
     before = torch.get_num_threads()
     try:
